@@ -1,0 +1,222 @@
+//! JSON input and output.
+//!
+//! Decoding deserializes straight into [`InteractionEvent`]. Only when that
+//! fails with a data error is the record parsed a second time, into a
+//! `serde_json::Value`, to name the offending field precisely for the
+//! dead-letter reason.
+
+use serde_json::Value;
+
+use crate::model::{InteractionEvent, StageTransition};
+use crate::time::parse_rfc3339;
+
+use super::{validate, DecodeError};
+
+/// Decodes one JSON record (a Kafka value or a JSONL line) and validates it.
+///
+/// Unknown fields are ignored, `null` is accepted for optional fields, and
+/// `occurred_at` may be RFC 3339, epoch milliseconds, or epoch milliseconds
+/// in a string. A UTF-8 byte order mark and surrounding whitespace (including
+/// the `\r` of a CRLF line) are ignored.
+pub fn decode_json_line(line: &[u8]) -> Result<InteractionEvent, DecodeError> {
+    let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+    let event = decode_json_unvalidated(line)?;
+    validate(&event)?;
+    Ok(event)
+}
+
+/// Decodes without validating.
+pub(crate) fn decode_json_unvalidated(bytes: &[u8]) -> Result<InteractionEvent, DecodeError> {
+    match serde_json::from_slice::<InteractionEvent>(bytes) {
+        Ok(e) => Ok(e),
+        Err(err) => Err(explain(bytes, &err)),
+    }
+}
+
+/// The field names of `siklus.InteractionEvent`, for `&'static str` lookups.
+const FIELDS: [&str; 13] = [
+    "event_id",
+    "customer_id",
+    "event_type",
+    "occurred_at",
+    "channel",
+    "campaign_id",
+    "order_id",
+    "amount_minor",
+    "currency",
+    "survey_type",
+    "score",
+    "referee_id",
+    "properties",
+];
+
+fn static_field(name: &str) -> Option<&'static str> {
+    FIELDS.iter().copied().find(|f| *f == name)
+}
+
+/// Turns a serde error into a precise [`DecodeError`] (the slow path).
+fn explain(bytes: &[u8], err: &serde_json::Error) -> DecodeError {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Io | Category::Syntax | Category::Eof => {
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return DecodeError::NotJson("empty record".to_string());
+            }
+            return DecodeError::NotJson(err.to_string());
+        }
+        Category::Data => {}
+    }
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return DecodeError::NotJson(e.to_string()),
+    };
+    let Value::Object(obj) = &value else {
+        return DecodeError::NotJson(format!("expected a JSON object, found {}", kind_of(&value)));
+    };
+    for field in FIELDS {
+        if let Err(e) = check_field(field, obj.get(field)) {
+            return e;
+        }
+    }
+    // Not found by the field checks (e.g. a duplicate key): use serde's message.
+    let msg = err.to_string();
+    for prefix in ["missing field `", "duplicate field `"] {
+        if let Some(rest) = msg.strip_prefix(prefix) {
+            if let Some(f) = rest.split('`').next().and_then(static_field) {
+                return if prefix.starts_with("missing") {
+                    DecodeError::MissingField(f)
+                } else {
+                    DecodeError::InvalidField {
+                        field: f,
+                        reason: "duplicate field".to_string(),
+                    }
+                };
+            }
+        }
+    }
+    DecodeError::InvalidField {
+        field: "record",
+        reason: msg,
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn invalid(field: &'static str, reason: String) -> DecodeError {
+    DecodeError::InvalidField { field, reason }
+}
+
+/// Checks one field of a parsed JSON object against what the struct accepts.
+fn check_field(field: &'static str, v: Option<&Value>) -> Result<(), DecodeError> {
+    let required = matches!(
+        field,
+        "event_id" | "customer_id" | "event_type" | "occurred_at"
+    );
+    let v = match v {
+        None | Some(Value::Null) if required => return Err(DecodeError::MissingField(field)),
+        None | Some(Value::Null) => return Ok(()),
+        Some(v) => v,
+    };
+    match field {
+        "occurred_at" => match v {
+            Value::Number(n) => {
+                if n.as_i64().is_some()
+                    || n.as_f64()
+                        .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                {
+                    Ok(())
+                } else {
+                    Err(invalid(
+                        field,
+                        format!("epoch milliseconds must be an integer in range, got {n}"),
+                    ))
+                }
+            }
+            Value::String(s) => {
+                if parse_rfc3339(s).is_some() || s.parse::<i64>().is_ok() {
+                    Ok(())
+                } else {
+                    Err(invalid(
+                        field,
+                        format!("cannot parse {s:?}: expected RFC 3339 or epoch milliseconds"),
+                    ))
+                }
+            }
+            other => Err(invalid(
+                field,
+                format!(
+                    "expected an RFC 3339 string or epoch milliseconds, found {}",
+                    kind_of(other)
+                ),
+            )),
+        },
+        "amount_minor" => match v.as_i64() {
+            Some(_) => Ok(()),
+            None => Err(invalid(
+                field,
+                format!("expected an integer (minor units), found {}", describe(v)),
+            )),
+        },
+        "score" => match v.as_i64().map(i32::try_from) {
+            Some(Ok(_)) => Ok(()),
+            _ => Err(invalid(
+                field,
+                format!("expected an integer, found {}", describe(v)),
+            )),
+        },
+        "properties" => match v {
+            Value::Object(m) => match m.iter().find(|(_, v)| !v.is_string()) {
+                None => Ok(()),
+                Some((k, pv)) => Err(invalid(
+                    field,
+                    format!("property {k:?} must be a string, found {}", kind_of(pv)),
+                )),
+            },
+            other => Err(invalid(
+                field,
+                format!("expected an object of strings, found {}", kind_of(other)),
+            )),
+        },
+        _ => match v {
+            Value::String(_) => Ok(()),
+            other => Err(invalid(
+                field,
+                format!("expected a string, found {}", kind_of(other)),
+            )),
+        },
+    }
+}
+
+/// A short description of a JSON value for error messages.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Number(n) => format!("number {n}"),
+        other => kind_of(other).to_string(),
+    }
+}
+
+fn to_vec_infallible<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // The model serializes only strings, integers and string-keyed maps, which
+    // serde_json cannot fail on; an empty object is the never-taken fallback.
+    serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+/// The JSON of a transition: fields in struct order, maps in key order,
+/// timestamps as RFC 3339 UTC with milliseconds.
+pub fn transition_json(t: &StageTransition) -> Vec<u8> {
+    to_vec_infallible(t)
+}
+
+/// The JSON of an event (RFC 3339 `occurred_at`; absent optional fields omitted).
+pub fn encode_event_json(e: &InteractionEvent) -> Vec<u8> {
+    to_vec_infallible(e)
+}

@@ -1,0 +1,757 @@
+//! The partition engine: drives the pure fold and the partition aggregator
+//! over the RocksDB store, one input partition at a time, in input order.
+//!
+//! It is shared by every driver (the live Kafka runtime, file and topic
+//! replays, the demo), so they all produce the same outputs for the same
+//! input. The engine does no network I/O: the driver hands it records,
+//! sends what it returns, and calls [`Engine::commit`] once the outputs are
+//! acknowledged. A commit writes one RocksDB WriteBatch holding the state
+//! changes and the next input offset of every partition touched, so state
+//! and offsets always agree, whatever point a crash hits.
+//!
+//! Timers: each profile has at most one inactivity deadline, indexed by
+//! deadline in the store. When a partition's watermark passes a deadline the
+//! timer fires; before an event at time t is applied, the customer's own
+//! deadlines earlier than t fire first (in the fold). Timers and window
+//! closes are checked after every record, so the outputs are a function of
+//! the input order alone, not of how the input was batched.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use siklus_state::{Batch, StateError, Store};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::aggregate::{Partial, PartitionAggregator};
+use crate::codec::DecodeError;
+use crate::fold::{self, FoldOutput};
+use crate::model::{EventType, InteractionEvent, Profile, StageTransition};
+use crate::rules::Rules;
+
+/// Version byte in front of every encoded profile value.
+const PROFILE_VERSION: u8 = 1;
+/// Longest customer or event id accepted (bytes); longer ones are dead letters.
+pub const MAX_ID_BYTES: usize = 1024;
+/// Partition metadata: clock and aggregator.
+const META_CLOCK: &str = "clock";
+const META_AGG: &str = "aggregator";
+
+/// Errors of the engine. Input problems are never errors: they become dead letters.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state store failed.
+    #[error("state store: {0}")]
+    State(#[from] StateError),
+    /// A stored value could not be decoded.
+    #[error("corrupt state for partition {partition}: {reason}")]
+    Corrupt {
+        /// Partition of the value.
+        partition: u32,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A record for a partition that is not assigned.
+    #[error("partition {0} is not assigned")]
+    NotAssigned(u32),
+}
+
+/// Engine parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// The lifecycle rules.
+    pub rules: Rules,
+    /// Watermark = max event time seen − this (ms).
+    pub allowed_lateness_ms: i64,
+    /// Whether the watermark follows the input record by record (live, and
+    /// replays with `--watermark live`). When false (bounded replays),
+    /// windows and timers wait for the end of the input.
+    pub live_watermark: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            rules: Rules::default(),
+            allowed_lateness_ms: 3_600_000,
+            live_watermark: true,
+        }
+    }
+}
+
+/// A record that could not be processed, for the dead-letter topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Input partition.
+    pub partition: u32,
+    /// Input offset.
+    pub offset: i64,
+    /// Short stable label of the error (for metrics and headers).
+    pub kind: &'static str,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// What processing produced, to be sent before the next commit.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Stage transitions, in order.
+    pub transitions: Vec<StageTransition>,
+    /// Window partials and progress for the merge stage.
+    pub partials: Vec<Partial>,
+    /// Dead letters (the driver attaches the original bytes and headers).
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl Outputs {
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.transitions.is_empty() && self.partials.is_empty() && self.dead_letters.is_empty()
+    }
+
+    /// Empties the lists.
+    pub fn clear(&mut self) {
+        self.transitions.clear();
+        self.partials.clear();
+        self.dead_letters.clear();
+    }
+}
+
+/// Counters of the engine since start (monotonic; exported as metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Events applied to profiles.
+    pub events: u64,
+    /// Records skipped because their offset was already applied (replayed after a crash).
+    pub skipped_offsets: u64,
+    /// Events ignored as duplicates of an earlier event id of the same customer.
+    pub duplicates: u64,
+    /// Records sent to the dead-letter output.
+    pub dead_letters: u64,
+    /// Events older than their partition's watermark.
+    pub late_events: u64,
+    /// Events of an unknown type.
+    pub unknown_types: u64,
+    /// Customers erased.
+    pub erasures: u64,
+    /// Transitions emitted.
+    pub transitions: u64,
+    /// Timers fired by the watermark.
+    pub timers_fired: u64,
+}
+
+/// Event-time clock of one partition, persisted with its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Clock {
+    /// Largest event time seen.
+    pub max_event_time: Option<i64>,
+    /// Current watermark (never goes backwards).
+    pub watermark: Option<i64>,
+}
+
+/// A profile loaded into the current step.
+struct Dirty {
+    /// `None` once erased.
+    profile: Option<Profile>,
+    /// The deadline the store's timer index holds for this customer.
+    stored_deadline: Option<i64>,
+    /// Whether the store holds a profile for the customer.
+    stored: bool,
+    /// Whether this step changed the profile.
+    changed: bool,
+    /// Whether the customer's dedup entries must be forgotten (erasure).
+    forget_seen: bool,
+}
+
+struct PartitionState {
+    next_offset: Option<i64>,
+    clock: Clock,
+    clock_dirty: bool,
+    aggregator: PartitionAggregator,
+    dirty: HashMap<String, Dirty>,
+    /// Event-id hashes marked seen in this step, per customer.
+    seen: HashMap<String, Vec<u64>>,
+    /// Deadlines of dirty profiles, for timers due before the commit.
+    pending_timers: BTreeSet<(i64, String)>,
+    /// No deadline in the store index is earlier than this.
+    store_timer_floor: Option<i64>,
+}
+
+/// Drives the fold over the store for the assigned partitions.
+pub struct Engine {
+    store: Arc<Store>,
+    config: EngineConfig,
+    partitions: BTreeMap<u32, PartitionState>,
+    scratch: FoldOutput,
+    counters: Counters,
+}
+
+impl Engine {
+    /// An engine over an open store.
+    pub fn new(store: Arc<Store>, config: EngineConfig) -> Self {
+        Engine {
+            store,
+            config,
+            partitions: BTreeMap::new(),
+            scratch: FoldOutput::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Takes ownership of a partition: loads its offset, clock and aggregator.
+    pub fn assign(&mut self, partition: u32) -> Result<(), EngineError> {
+        if self.partitions.contains_key(&partition) {
+            return Ok(());
+        }
+        let next_offset = self.store.offset(partition)?;
+        let clock = match self.store.meta(partition, META_CLOCK)? {
+            Some(b) => postcard::from_bytes(&b).map_err(|e| EngineError::Corrupt {
+                partition,
+                reason: format!("clock: {e}"),
+            })?,
+            None => Clock::default(),
+        };
+        let aggregator = match self.store.meta(partition, META_AGG)? {
+            Some(b) => postcard::from_bytes(&b).map_err(|e| EngineError::Corrupt {
+                partition,
+                reason: format!("aggregator: {e}"),
+            })?,
+            None => PartitionAggregator::new(partition),
+        };
+        let floor = self.store_timer_floor(partition)?;
+        self.partitions.insert(
+            partition,
+            PartitionState {
+                next_offset,
+                clock,
+                clock_dirty: false,
+                aggregator,
+                dirty: HashMap::new(),
+                seen: HashMap::new(),
+                pending_timers: BTreeSet::new(),
+                store_timer_floor: floor,
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives a partition up. Uncommitted work of the partition is dropped:
+    /// call [`Engine::commit`] first to keep it.
+    pub fn revoke(&mut self, partition: u32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// The partitions assigned to this engine.
+    pub fn assigned(&self) -> Vec<u32> {
+        self.partitions.keys().copied().collect()
+    }
+
+    /// The next input offset to read for a partition (from the store), if any was committed.
+    pub fn next_offset(&self, partition: u32) -> Option<i64> {
+        self.partitions.get(&partition).and_then(|p| p.next_offset)
+    }
+
+    /// The event-time clock of a partition.
+    pub fn clock(&self, partition: u32) -> Option<Clock> {
+        self.partitions.get(&partition).map(|p| p.clock)
+    }
+
+    /// Whether a record at this offset was already applied (a re-delivery after a crash).
+    pub fn already_applied(&self, partition: u32, offset: i64) -> bool {
+        self.partitions
+            .get(&partition)
+            .and_then(|p| p.next_offset)
+            .is_some_and(|next| offset < next)
+    }
+
+    /// Counts and reports a record at an offset already applied (a
+    /// re-delivery after a crash); such records must not be processed again.
+    pub fn skip_if_applied(&mut self, partition: u32, offset: i64) -> bool {
+        let applied = self.already_applied(partition, offset);
+        if applied {
+            self.counters.skipped_offsets += 1;
+        }
+        applied
+    }
+
+    /// Processes one input record: a decoded event or the reason it could not
+    /// be decoded. Records at offsets already applied are skipped.
+    pub fn process(
+        &mut self,
+        partition: u32,
+        offset: i64,
+        record: Result<InteractionEvent, DecodeError>,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
+        if self.skip_if_applied(partition, offset) {
+            return Ok(());
+        }
+        let state = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or(EngineError::NotAssigned(partition))?;
+        state.next_offset = Some(offset + 1);
+        let record = record.and_then(|e| {
+            if e.customer_id.len() > MAX_ID_BYTES || e.event_id.len() > MAX_ID_BYTES {
+                Err(DecodeError::InvalidField {
+                    field: "customer_id",
+                    reason: format!("customer_id and event_id must be at most {MAX_ID_BYTES} bytes"),
+                })
+            } else {
+                Ok(e)
+            }
+        });
+        match record {
+            Err(e) => {
+                self.counters.dead_letters += 1;
+                out.dead_letters.push(DeadLetter {
+                    partition,
+                    offset,
+                    kind: e.kind(),
+                    reason: e.to_string(),
+                });
+                Ok(())
+            }
+            Ok(event) => {
+                self.apply(partition, &event, out)?;
+                if self.config.live_watermark {
+                    self.observe_time(partition, event.occurred_at, out)?;
+                } else {
+                    self.note_time(partition, event.occurred_at);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        partition: u32,
+        event: &InteractionEvent,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
+        let hash = xxh3_64(event.event_id.as_bytes());
+        let customer = event.customer_id.as_str();
+        if self.is_duplicate(partition, customer, hash)? {
+            self.counters.duplicates += 1;
+            return Ok(());
+        }
+        let ty = EventType::parse(&event.event_type);
+        let lateness_wm = self
+            .partitions
+            .get(&partition)
+            .and_then(|p| p.clock.watermark);
+        if lateness_wm.is_some_and(|wm| event.occurred_at < wm) {
+            self.counters.late_events += 1;
+        }
+        if ty == EventType::CustomerErased {
+            self.erase(partition, customer)?;
+            let state = self.state_mut(partition)?;
+            state.aggregator.record_event(event.occurred_at);
+            return Ok(());
+        }
+        if ty == EventType::Unknown {
+            self.counters.unknown_types += 1;
+        }
+        self.load(partition, customer)?;
+        let rules = &self.config.rules;
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        let state = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or(EngineError::NotAssigned(partition))?;
+        let Some(entry) = state.dirty.get_mut(customer) else {
+            return Err(EngineError::NotAssigned(partition));
+        };
+        let profile = entry.profile.get_or_insert_with(|| Profile::new(customer));
+        let before = fold::next_deadline(profile, rules);
+        fold::apply_event(profile, event, rules, scratch);
+        let after = fold::next_deadline(profile, rules);
+        entry.changed = true;
+        state.seen.entry(customer.to_string()).or_default().push(hash);
+        if before != after {
+            if let Some(d) = before {
+                state.pending_timers.remove(&(d, customer.to_string()));
+            }
+            if let Some(d) = after {
+                state.pending_timers.insert((d, customer.to_string()));
+            }
+        }
+        state.aggregator.record_event(event.occurred_at);
+        state
+            .aggregator
+            .record(&scratch.transitions, &scratch.signals);
+        self.counters.events += 1;
+        self.counters.transitions += scratch.transitions.len() as u64;
+        out.transitions.append(&mut scratch.transitions);
+        Ok(())
+    }
+
+    fn state_mut(&mut self, partition: u32) -> Result<&mut PartitionState, EngineError> {
+        self.partitions
+            .get_mut(&partition)
+            .ok_or(EngineError::NotAssigned(partition))
+    }
+
+    fn is_duplicate(&self, partition: u32, customer: &str, hash: u64) -> Result<bool, EngineError> {
+        let Some(state) = self.partitions.get(&partition) else {
+            return Err(EngineError::NotAssigned(partition));
+        };
+        if state
+            .seen
+            .get(customer)
+            .is_some_and(|hs| hs.contains(&hash))
+        {
+            return Ok(true);
+        }
+        if state
+            .dirty
+            .get(customer)
+            .is_some_and(|d| d.forget_seen)
+        {
+            // Erased in this step: the store's entries are about to be forgotten.
+            return Ok(false);
+        }
+        Ok(self.store.seen(partition, customer, hash)?)
+    }
+
+    /// Brings a customer's profile into the step (from the store if needed).
+    fn load(&mut self, partition: u32, customer: &str) -> Result<(), EngineError> {
+        let state = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or(EngineError::NotAssigned(partition))?;
+        if state.dirty.contains_key(customer) {
+            return Ok(());
+        }
+        let profile = match self.store.profile(partition, customer)? {
+            Some(bytes) => Some(decode_profile(&bytes).map_err(|reason| EngineError::Corrupt {
+                partition,
+                reason,
+            })?),
+            None => None,
+        };
+        let stored_deadline = profile
+            .as_ref()
+            .and_then(|p| fold::next_deadline(p, &self.config.rules));
+        if let Some(d) = stored_deadline {
+            state.pending_timers.insert((d, customer.to_string()));
+        }
+        state.dirty.insert(
+            customer.to_string(),
+            Dirty {
+                stored: profile.is_some(),
+                profile,
+                stored_deadline,
+                changed: false,
+                forget_seen: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn erase(&mut self, partition: u32, customer: &str) -> Result<(), EngineError> {
+        self.load(partition, customer)?;
+        let rules = self.config.rules.clone();
+        let state = self.state_mut(partition)?;
+        if let Some(entry) = state.dirty.get_mut(customer) {
+            if let Some(d) = entry.profile.as_ref().and_then(|p| fold::next_deadline(p, &rules)) {
+                state.pending_timers.remove(&(d, customer.to_string()));
+            }
+            entry.profile = None;
+            entry.changed = true;
+            entry.forget_seen = true;
+        }
+        state.seen.remove(customer);
+        self.counters.erasures += 1;
+        Ok(())
+    }
+
+    /// Records event time without moving the watermark (bounded replays).
+    fn note_time(&mut self, partition: u32, t: i64) {
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            if state.clock.max_event_time.is_none_or(|m| t > m) {
+                state.clock.max_event_time = Some(t);
+                state.clock_dirty = true;
+            }
+        }
+    }
+
+    /// Records event time and advances the watermark (live policy).
+    fn observe_time(&mut self, partition: u32, t: i64, out: &mut Outputs) -> Result<(), EngineError> {
+        self.note_time(partition, t);
+        let lateness = self.config.allowed_lateness_ms;
+        let max = self
+            .partitions
+            .get(&partition)
+            .and_then(|s| s.clock.max_event_time);
+        if let Some(max) = max {
+            self.advance_watermark(partition, max.saturating_sub(lateness), out)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a partition's watermark forward to `wm` (never backwards): fires
+    /// the timers due before it, then closes the windows that end by it.
+    /// Drivers call it directly for an idle partition and at the end of a
+    /// bounded input.
+    pub fn advance_watermark(
+        &mut self,
+        partition: u32,
+        wm: i64,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
+        let state = self.state_mut(partition)?;
+        let previous = state.clock.watermark;
+        if previous.is_some_and(|cur| wm <= cur) {
+            return Ok(());
+        }
+        state.clock.watermark = Some(wm);
+        state.clock_dirty = true;
+        self.fire_timers(partition, wm, usize::MAX, out)?;
+        let state = self.state_mut(partition)?;
+        let before = out.partials.len();
+        state.aggregator.advance(wm, &mut out.partials);
+        // Progress markers matter to the merge stage only when a window can
+        // close: keep one when windows were emitted or a day boundary was
+        // crossed, not one per record.
+        let emitted_window = out.partials[before..]
+            .iter()
+            .any(|p| matches!(p, Partial::Window { .. }));
+        let crossed_day = previous.is_none_or(|p| {
+            crate::time::Granularity::Day.start(p) != crate::time::Granularity::Day.start(wm)
+        });
+        if !emitted_window && !crossed_day {
+            out.partials.truncate(before);
+        }
+        Ok(())
+    }
+
+    /// End of a bounded input: emits every window the partition still holds
+    /// (those that end after the last watermark too), for `Merger::finish`.
+    pub fn flush_windows(&mut self, partition: u32, out: &mut Outputs) -> Result<(), EngineError> {
+        let state = self.state_mut(partition)?;
+        state.aggregator.flush(&mut out.partials);
+        Ok(())
+    }
+
+    /// Fires the timers of a partition due before `before`, for at most
+    /// `limit` customers. Returns whether more may be due (call again after a
+    /// commit to keep memory bounded).
+    pub fn fire_timers(
+        &mut self,
+        partition: u32,
+        before: i64,
+        limit: usize,
+        out: &mut Outputs,
+    ) -> Result<bool, EngineError> {
+        let mut due: BTreeSet<(i64, String)> = BTreeSet::new();
+        {
+            let state = self.state_mut(partition)?;
+            due.extend(
+                state
+                    .pending_timers
+                    .range(..(before, String::new()))
+                    .take(limit)
+                    .cloned(),
+            );
+        }
+        let floor = self.partitions.get(&partition).and_then(|s| s.store_timer_floor);
+        let mut more = false;
+        if floor.is_some_and(|f| f < before) {
+            // The store index may hold due timers; those of customers loaded in
+            // this step are stale (the pending set has their truth).
+            let scan_limit = limit.saturating_add(self.dirty_len(partition));
+            let found = self.store.due_timers(partition, before, scan_limit)?;
+            more = found.len() >= scan_limit && scan_limit != usize::MAX;
+            let state = self.state_mut(partition)?;
+            for (d, c) in found {
+                if !state.dirty.contains_key(&c) {
+                    due.insert((d, c));
+                }
+            }
+        }
+        let mut fired = 0usize;
+        let mut customers_done: BTreeSet<String> = BTreeSet::new();
+        for (_, customer) in due {
+            if fired >= limit {
+                more = true;
+                break;
+            }
+            if !customers_done.insert(customer.clone()) {
+                continue;
+            }
+            self.load(partition, &customer)?;
+            let rules = &self.config.rules;
+            let scratch = &mut self.scratch;
+            scratch.clear();
+            let Some(state) = self.partitions.get_mut(&partition) else {
+                return Err(EngineError::NotAssigned(partition));
+            };
+            let Some(entry) = state.dirty.get_mut(&customer) else {
+                continue;
+            };
+            let Some(profile) = entry.profile.as_mut() else {
+                continue;
+            };
+            let before_deadline = fold::next_deadline(profile, rules);
+            fold::advance_to(profile, before, rules, scratch);
+            let after_deadline = fold::next_deadline(profile, rules);
+            if before_deadline != after_deadline {
+                if let Some(d) = before_deadline {
+                    state.pending_timers.remove(&(d, customer.clone()));
+                }
+                if let Some(d) = after_deadline {
+                    state.pending_timers.insert((d, customer.clone()));
+                }
+            }
+            if !scratch.transitions.is_empty() {
+                entry.changed = true;
+                fired += 1;
+                state
+                    .aggregator
+                    .record(&scratch.transitions, &scratch.signals);
+                self.counters.timers_fired += 1;
+                self.counters.transitions += scratch.transitions.len() as u64;
+                out.transitions.append(&mut scratch.transitions);
+            }
+        }
+        if !more {
+            // Everything before `before` has fired: the store holds nothing due
+            // earlier than that any more (after this step's commit).
+            let state = self.state_mut(partition)?;
+            state.store_timer_floor = state.store_timer_floor.map(|f| f.max(before));
+        }
+        Ok(more)
+    }
+
+    fn dirty_len(&self, partition: u32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, |s| s.dirty.len())
+    }
+
+    fn store_timer_floor(&self, partition: u32) -> Result<Option<i64>, EngineError> {
+        Ok(self
+            .store
+            .due_timers(partition, i64::MAX, 1)?
+            .first()
+            .map(|(d, _)| *d))
+    }
+
+    /// Number of profiles held in memory by the current step.
+    pub fn step_size(&self) -> usize {
+        self.partitions.values().map(|s| s.dirty.len()).sum()
+    }
+
+    /// Writes everything processed since the last commit, with the next input
+    /// offsets, in one atomic batch. Call it only after the outputs of the
+    /// step were acknowledged.
+    pub fn commit(&mut self) -> Result<(), EngineError> {
+        let mut batch = Batch::new();
+        let rules = self.config.rules.clone();
+        for (&partition, state) in self.partitions.iter_mut() {
+            for (customer, entry) in state.dirty.drain() {
+                if entry.forget_seen {
+                    batch.forget_seen(partition, &customer);
+                }
+                let new_deadline = entry
+                    .profile
+                    .as_ref()
+                    .and_then(|p| fold::next_deadline(p, &rules));
+                if entry.stored_deadline != new_deadline {
+                    if let Some(d) = entry.stored_deadline {
+                        batch.delete_timer(partition, d, &customer);
+                    }
+                    if let Some(d) = new_deadline {
+                        batch.put_timer(partition, d, &customer);
+                        state.store_timer_floor =
+                            Some(state.store_timer_floor.map_or(d, |f| f.min(d)));
+                    }
+                }
+                if entry.changed {
+                    match &entry.profile {
+                        Some(p) => batch.put_profile(partition, &customer, &encode_profile(p)),
+                        None if entry.stored => batch.delete_profile(partition, &customer),
+                        None => {}
+                    }
+                }
+            }
+            for (customer, hashes) in state.seen.drain() {
+                for h in hashes {
+                    batch.mark_seen(partition, &customer, h);
+                }
+            }
+            state.pending_timers.clear();
+            if let Some(next) = state.next_offset {
+                batch.set_offset(partition, next);
+            }
+            if state.clock_dirty {
+                let clock = postcard::to_stdvec(&state.clock).map_err(|e| EngineError::Corrupt {
+                    partition,
+                    reason: format!("clock: {e}"),
+                })?;
+                batch.put_meta(partition, META_CLOCK, &clock);
+                state.clock_dirty = false;
+            }
+            let agg = postcard::to_stdvec(&state.aggregator).map_err(|e| EngineError::Corrupt {
+                partition,
+                reason: format!("aggregator: {e}"),
+            })?;
+            batch.put_meta(partition, META_AGG, &agg);
+        }
+        self.store.write(batch)?;
+        Ok(())
+    }
+
+    /// Drops everything processed since the last commit (the outputs of the
+    /// step could not be delivered): reloads the partitions from the store.
+    pub fn rollback(&mut self) -> Result<(), EngineError> {
+        let parts = self.assigned();
+        self.partitions.clear();
+        for p in parts {
+            self.assign(p)?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a profile value: a version byte, then postcard.
+pub fn encode_profile(p: &Profile) -> Vec<u8> {
+    let mut buf = vec![PROFILE_VERSION];
+    // Serializing a plain struct into a Vec cannot fail.
+    if let Ok(body) = postcard::to_stdvec(p) {
+        buf.extend_from_slice(&body);
+    }
+    buf
+}
+
+/// Decodes a profile value written by [`encode_profile`].
+pub fn decode_profile(bytes: &[u8]) -> Result<Profile, String> {
+    match bytes.split_first() {
+        Some((&PROFILE_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| format!("profile: {e}"))
+        }
+        Some((v, _)) => Err(format!("profile value version {v} is not supported")),
+        None => Err("empty profile value".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,283 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::time::{parse_rfc3339, DAY_MS};
+
+fn at(s: &str) -> i64 {
+    parse_rfc3339(s).expect("test timestamp")
+}
+
+fn ev(id: &str, customer: &str, ty: &str, t: i64) -> InteractionEvent {
+    InteractionEvent {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        event_type: ty.into(),
+        occurred_at: t,
+        ..Default::default()
+    }
+}
+
+fn open(dir: &std::path::Path, live: bool) -> Engine {
+    let store = Arc::new(Store::open(dir, &Default::default()).expect("store"));
+    let mut e = Engine::new(
+        store,
+        EngineConfig {
+            live_watermark: live,
+            ..Default::default()
+        },
+    );
+    e.assign(0).expect("assign");
+    e
+}
+
+/// Runs events through an engine, committing every `every` records; returns
+/// every transition and partial.
+fn drive(engine: &mut Engine, events: &[InteractionEvent], every: usize, end: Option<i64>) -> Outputs {
+    let mut all = Outputs::default();
+    let mut out = Outputs::default();
+    for (i, e) in events.iter().enumerate() {
+        engine.process(0, i as i64, Ok(e.clone()), &mut out).expect("process");
+        if (i + 1) % every == 0 {
+            engine.commit().expect("commit");
+        }
+        all.transitions.append(&mut out.transitions);
+        all.partials.append(&mut out.partials);
+        all.dead_letters.append(&mut out.dead_letters);
+    }
+    if let Some(end) = end {
+        engine.advance_watermark(0, end, &mut out).expect("advance");
+        all.transitions.append(&mut out.transitions);
+        all.partials.append(&mut out.partials);
+    }
+    engine.commit().expect("commit");
+    all
+}
+
+fn json(ts: &[StageTransition]) -> Vec<u8> {
+    serde_json::to_vec(ts).expect("json")
+}
+
+#[test]
+fn watermark_fires_timers_of_silent_customers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = open(dir.path(), true);
+    let t0 = at("2024-01-01T00:00:00Z");
+    let events = vec![
+        ev("a1", "alice", "page.viewed", t0),
+        ev("b1", "bob", "page.viewed", t0 + 40 * DAY_MS),
+    ];
+    let out = drive(&mut engine, &events, 100, None);
+    let alice: Vec<_> = out.transitions.iter().filter(|t| t.customer_id == "alice").collect();
+    let last = alice.last().unwrap();
+    assert_eq!(last.to_stage, "at_risk");
+    assert_eq!(last.occurred_at, t0 + 30 * DAY_MS);
+    assert_eq!(engine.counters().timers_fired, 1);
+}
+
+#[test]
+fn committed_offsets_are_skipped_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = at("2024-01-01T00:00:00Z");
+    let events: Vec<_> = (0..10)
+        .map(|i| ev(&format!("e{i}"), &format!("c{}", i % 3), "page.viewed", t0 + i * DAY_MS))
+        .collect();
+    let first = {
+        let mut engine = open(dir.path(), true);
+        drive(&mut engine, &events[..6], 100, None)
+    };
+    let mut engine = open(dir.path(), true);
+    assert_eq!(engine.next_offset(0), Some(6));
+    // The whole input again: the first six are skipped, not applied twice.
+    let second = drive(&mut engine, &events, 100, None);
+    assert_eq!(engine.counters().skipped_offsets, 6);
+    assert_eq!(engine.counters().events, 4);
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut whole = open(dir2.path(), true);
+    let all = drive(&mut whole, &events, 100, None);
+    let mut resumed = first.transitions.clone();
+    resumed.extend(second.transitions);
+    assert_eq!(json(&resumed), json(&all.transitions));
+}
+
+#[test]
+fn uncommitted_work_is_redone_identically() {
+    // A crash after outputs were sent but before the commit: the records are
+    // processed again and produce the same transitions (same ids).
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = at("2024-01-01T00:00:00Z");
+    let events: Vec<_> = (0..8)
+        .map(|i| ev(&format!("e{i}"), "c", if i % 2 == 0 { "page.viewed" } else { "lead.created" }, t0 + i * 20 * DAY_MS))
+        .collect();
+    let mut engine = open(dir.path(), true);
+    let mut out = Outputs::default();
+    for (i, e) in events.iter().enumerate() {
+        engine.process(0, i as i64, Ok(e.clone()), &mut out).unwrap();
+    }
+    let lost = std::mem::take(&mut out.transitions);
+    drop(engine); // no commit
+    let mut engine = open(dir.path(), true);
+    let redo = drive(&mut engine, &events, 3, None);
+    assert_eq!(json(&lost), json(&redo.transitions));
+}
+
+#[test]
+fn duplicates_are_ignored_across_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = open(dir.path(), true);
+    let t0 = at("2024-01-01T00:00:00Z");
+    let events = vec![
+        ev("e1", "c", "order.completed", t0),
+        ev("e1", "c", "order.completed", t0),
+        ev("e2", "c", "page.viewed", t0 + 1),
+    ];
+    drive(&mut engine, &events[..2], 1, None);
+    drive(&mut engine, &[events[0].clone()], 1, None); // offset 0 again: skipped
+    let mut out = Outputs::default();
+    engine.process(0, 5, Ok(events[0].clone()), &mut out).unwrap();
+    assert_eq!(engine.counters().duplicates, 2);
+    assert_eq!(engine.counters().events, 1);
+}
+
+#[test]
+fn erasure_removes_profile_timers_and_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = open(dir.path(), true);
+    let t0 = at("2024-01-01T00:00:00Z");
+    drive(&mut engine, &[ev("e1", "eve", "account.signed_up", t0)], 1, None);
+    assert!(engine.store().profile(0, "eve").unwrap().is_some());
+    let mut out = Outputs::default();
+    engine.process(0, 1, Ok(ev("x", "eve", "customer.erased", t0 + 1)), &mut out).unwrap();
+    engine.commit().unwrap();
+    assert!(engine.store().profile(0, "eve").unwrap().is_none());
+    assert!(engine.store().due_timers(0, i64::MAX, 10).unwrap().is_empty());
+    assert!(!engine.store().seen(0, "eve", xxh3_64(b"e1")).unwrap());
+    // Much later, a bystander advances time: nothing of eve fires.
+    engine.process(0, 2, Ok(ev("b", "bob", "page.viewed", t0 + 200 * DAY_MS)), &mut out).unwrap();
+    assert!(out.transitions.iter().all(|t| t.customer_id != "eve"));
+    // A later event for the id starts a new profile, from scratch.
+    out.clear();
+    engine.process(0, 3, Ok(ev("e1", "eve", "page.viewed", t0 + 201 * DAY_MS)), &mut out).unwrap();
+    let eve: Vec<_> = out.transitions.iter().filter(|t| t.customer_id == "eve").collect();
+    assert_eq!(eve[0].from_stage, None);
+    assert_eq!(eve[0].seq, 1);
+}
+
+#[test]
+fn bad_records_become_dead_letters_and_processing_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = open(dir.path(), true);
+    let mut out = Outputs::default();
+    engine
+        .process(0, 0, Err(DecodeError::MissingField("customer_id")), &mut out)
+        .unwrap();
+    engine.process(0, 1, Ok(ev("e", "c", "page.viewed", 0)), &mut out).unwrap();
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(out.dead_letters[0].offset, 0);
+    assert_eq!(engine.counters().dead_letters, 1);
+    assert_eq!(engine.counters().events, 1);
+    engine.commit().unwrap();
+    assert_eq!(engine.store().offset(0).unwrap(), Some(2));
+}
+
+fn arb_population() -> impl Strategy<Value = (Vec<Vec<InteractionEvent>>, Vec<usize>)> {
+    let types = ["page.viewed", "ad.impression", "order.completed", "lead.created", "referral.sent", "order.refunded"];
+    let customer = prop::collection::vec((0..types.len(), 0i64..(70 * DAY_MS)), 1..12);
+    (prop::collection::vec(customer, 1..6), prop::collection::vec(0usize..6, 0..80)).prop_map(move |(cs, picks)| {
+        let t0 = at("2024-01-01T00:00:00Z");
+        let per: Vec<Vec<InteractionEvent>> = cs
+            .into_iter()
+            .enumerate()
+            .map(|(ci, evs)| {
+                let mut t = t0;
+                evs.into_iter()
+                    .enumerate()
+                    .map(|(i, (ty, gap))| {
+                        t += gap;
+                        InteractionEvent {
+                            amount_minor: Some(500),
+                            currency: Some("EUR".into()),
+                            ..ev(&format!("c{ci}-{i}"), &format!("c{ci}"), types[ty], t)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        (per, picks)
+    })
+}
+
+/// Interleaves the customers' sequences, keeping each customer's own order,
+/// with the picks choosing which customer goes next.
+fn interleave(per: &[Vec<InteractionEvent>], picks: &[usize]) -> Vec<InteractionEvent> {
+    let mut idx = vec![0usize; per.len()];
+    let mut out = Vec::new();
+    let mut pi = 0;
+    loop {
+        let open: Vec<usize> = (0..per.len()).filter(|&c| idx[c] < per[c].len()).collect();
+        if open.is_empty() {
+            return out;
+        }
+        let c = open[picks.get(pi).copied().unwrap_or(0) % open.len()];
+        pi += 1;
+        out.push(per[c][idx[c]].clone());
+        idx[c] += 1;
+    }
+}
+
+fn by_customer(ts: &[StageTransition]) -> BTreeMap<String, Vec<u8>> {
+    let mut m: BTreeMap<String, Vec<StageTransition>> = BTreeMap::new();
+    for t in ts {
+        m.entry(t.customer_id.clone()).or_default().push(t.clone());
+    }
+    m.into_iter().map(|(k, v)| (k, json(&v))).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Bounded policy: the interleaving of customers changes nothing about any
+    /// customer's transitions (DESIGN §1, Time).
+    #[test]
+    fn interleaving_independence((per, picks) in arb_population()) {
+        let end = at("2025-06-01T00:00:00Z");
+        let a = interleave(&per, &[]);
+        let b = interleave(&per, &picks);
+        let d1 = tempfile::tempdir().unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        let oa = drive(&mut open(d1.path(), false), &a, 5, Some(end));
+        let ob = drive(&mut open(d2.path(), false), &b, 7, Some(end));
+        prop_assert_eq!(by_customer(&oa.transitions), by_customer(&ob.transitions));
+    }
+
+    /// Live policy: however the input is cut into commits, the outputs are
+    /// byte-identical, in the same order.
+    #[test]
+    fn commit_boundaries_change_nothing((per, picks) in arb_population(), every in 1usize..9) {
+        let input = interleave(&per, &picks);
+        let d1 = tempfile::tempdir().unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        let oa = drive(&mut open(d1.path(), true), &input, 1000, None);
+        let ob = drive(&mut open(d2.path(), true), &input, every, None);
+        prop_assert_eq!(json(&oa.transitions), json(&ob.transitions));
+    }
+
+    /// Live policy with time-ordered input: each customer's transitions equal
+    /// those of the customer alone, timers fired early by other customers included.
+    #[test]
+    fn live_watermark_timers_match_the_customer_alone((per, _picks) in arb_population()) {
+        let mut input: Vec<InteractionEvent> = per.iter().flatten().cloned().collect();
+        input.sort_by_key(|e| e.occurred_at);
+        let end = at("2025-06-01T00:00:00Z");
+        let d = tempfile::tempdir().unwrap();
+        let all = drive(&mut open(d.path(), true), &input, 4, Some(end));
+        let together = by_customer(&all.transitions);
+        for evs in &per {
+            let d = tempfile::tempdir().unwrap();
+            let alone = drive(&mut open(d.path(), true), evs, 4, Some(end));
+            let id = evs[0].customer_id.clone();
+            let alone = by_customer(&alone.transitions);
+            prop_assert_eq!(alone.get(&id), together.get(&id));
+        }
+    }
+}

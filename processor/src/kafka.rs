@@ -1,0 +1,932 @@
+//! The live Kafka runtime: a consumer group over the input topic, the
+//! engine, the producers of the output topics, and the merge stage of the
+//! global aggregates.
+//!
+//! Delivery protocol (at-least-once with deterministic ids): records are
+//! processed in steps of up to `max_batch` records; the outputs of a step are
+//! produced and flushed, and only when every one was acknowledged is the
+//! step's state written to RocksDB together with the next input offsets (one
+//! WriteBatch), and the offsets committed to the group. A crash at any point
+//! leaves the store at the end of a fully delivered step; on restart the
+//! partition resumes at the stored offset, so re-sent outputs carry the same
+//! ids and nothing is lost.
+//!
+//! Partitions start where their stored state ends: the rebalance callback
+//! sets each assigned partition's start offset from the store (or the
+//! beginning of the topic when the store has no state for it). On revoke,
+//! the in-flight step is delivered and committed inside the callback, before
+//! the partition is let go.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use siklus_state::{Batch, Store};
+use tracing::{debug, info, warn};
+
+use crate::aggregate::{Aggregate, CohortCell, Merger, Partial};
+use crate::codec::{DecodeError, Decoder, TransitionEncoder};
+use crate::config::Config;
+use crate::engine::{Engine, EngineError, Outputs};
+use crate::metrics::Metrics;
+
+const MERGE_STATE: &str = "merge.state";
+const MERGE_OFFSET: &str = "merge.offset";
+
+/// How a run ends.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop once every input partition reached the end it had at start
+    /// (used by the demo and by tests; a live job runs until signalled).
+    pub stop_at_end: bool,
+    /// With `stop_at_end`: advance event time to this instant at the end, so
+    /// timers due by then fire and windows ending by then close.
+    pub end_time: Option<i64>,
+    /// Set to stop gracefully (SIGINT/SIGTERM).
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Engine counters at the end.
+    pub counters: crate::engine::Counters,
+    /// Aggregates emitted by the merge stage of this instance.
+    pub aggregates: u64,
+    /// Cohort cells emitted by this instance.
+    pub cohort_cells: u64,
+}
+
+fn client_config(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &cfg.kafka {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Creates the topics siklus needs when they do not exist (the input topic
+/// too, with `processor.topic_partitions`). Returns the input's partition count.
+pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let probe: BaseConsumer = client_config(cfg)
+        .create()
+        .context("creating a metadata client")?;
+    let md = probe
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context("fetching cluster metadata")?;
+    let existing: BTreeMap<String, i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect();
+    let parts = existing
+        .get(&cfg.topics.input)
+        .copied()
+        .unwrap_or(cfg.processor.topic_partitions);
+    let rf = cfg.processor.replication_factor;
+    let partials = cfg.partials_topic();
+    let wanted: Vec<(String, i32, bool)> = vec![
+        (cfg.topics.input.clone(), parts, false),
+        (cfg.topics.transitions.clone(), parts, false),
+        (cfg.topics.dlq.clone(), 1, false),
+        (cfg.topics.aggregates.clone(), 1, true),
+        (cfg.topics.cohorts.clone(), 1, true),
+        // One partition: the merge stage sees every partition's partials in order.
+        (partials, 1, false),
+    ];
+    let new: Vec<NewTopic> = wanted
+        .iter()
+        .filter(|(n, _, _)| !existing.contains_key(n))
+        .map(|(n, p, compact)| {
+            let t = NewTopic::new(n, *p, TopicReplication::Fixed(rf));
+            if *compact {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    if !new.is_empty() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let results = rt.block_on(admin.create_topics(
+            new.iter(),
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))?;
+        for r in results {
+            match r {
+                Ok(name) => info!(topic = %name, "created topic"),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    debug!(topic = %name, "topic exists")
+                }
+                Err((name, code)) => bail!("cannot create topic {name}: {code}"),
+            }
+        }
+        // Wait until the new topics show up in metadata.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let md = probe.fetch_metadata(None, Duration::from_secs(5))?;
+            let have: Vec<String> = md
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.name().to_string())
+                .collect();
+            if wanted.iter().all(|(n, _, _)| have.contains(n)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("topics were created but do not appear in metadata");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(parts)
+}
+
+/// Counts delivery failures of the output producer.
+pub struct DeliveryContext {
+    failures: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            let mut first = lock(&self.first_error);
+            if first.is_none() {
+                *first = Some(e.to_string());
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The original bytes of a record that goes to the dead-letter topic.
+struct RawRecord {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Sends outputs and waits for their acknowledgement.
+pub struct OutputSink {
+    producer: ThreadedProducer<DeliveryContext>,
+    encoder: TransitionEncoder,
+    transitions_topic: String,
+    partials_topic: String,
+    aggregates_topic: String,
+    cohorts_topic: String,
+    dlq_topic: String,
+    input_topic: String,
+    flush_timeout: Duration,
+}
+
+impl OutputSink {
+    /// A sink for the configured topics.
+    pub fn new(cfg: &Config) -> anyhow::Result<Self> {
+        let mut c = client_config(cfg);
+        // Idempotence keeps each partition's output in order across retries.
+        if !cfg.kafka.contains_key("enable.idempotence") {
+            c.set("enable.idempotence", "true");
+        }
+        if !cfg.kafka.contains_key("linger.ms") {
+            c.set("linger.ms", "5");
+        }
+        let producer = c
+            .create_with_context(DeliveryContext {
+                failures: AtomicU64::new(0),
+                first_error: Mutex::new(None),
+            })
+            .context("creating the output producer")?;
+        Ok(OutputSink {
+            producer,
+            encoder: TransitionEncoder::new(
+                cfg.processor.output_format,
+                cfg.processor.output_schema_id,
+            )?,
+            transitions_topic: cfg.topics.transitions.clone(),
+            partials_topic: cfg.partials_topic(),
+            aggregates_topic: cfg.topics.aggregates.clone(),
+            cohorts_topic: cfg.topics.cohorts.clone(),
+            dlq_topic: cfg.topics.dlq.clone(),
+            input_topic: cfg.topics.input.clone(),
+            flush_timeout: Duration::from_secs(60),
+        })
+    }
+
+    fn send(&self, topic: &str, key: &[u8], payload: &[u8], headers: Option<OwnedHeaders>) {
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Backpressure: wait for deliveries to free the queue.
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    self.producer
+                        .context()
+                        .failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let mut first = lock(&self.producer.context().first_error);
+                    if first.is_none() {
+                        *first = Some(e.to_string());
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send_outputs(&self, out: &Outputs, raw: &[RawRecord]) -> anyhow::Result<()> {
+        for t in &out.transitions {
+            let payload = self.encoder.encode(t)?;
+            self.send(&self.transitions_topic, t.customer_id.as_bytes(), &payload, None);
+        }
+        for p in &out.partials {
+            self.send(&self.partials_topic, partial_key(p).as_bytes(), &p.encode(), None);
+        }
+        for (dl, r) in out.dead_letters.iter().zip(raw) {
+            let mut h = OwnedHeaders::new();
+            for (k, v) in &r.headers {
+                h = h.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                });
+            }
+            let part = dl.partition.to_string();
+            let off = dl.offset.to_string();
+            h = h
+                .insert(Header { key: "siklus.error", value: Some(dl.reason.as_bytes()) })
+                .insert(Header { key: "siklus.error.kind", value: Some(dl.kind.as_bytes()) })
+                .insert(Header { key: "siklus.source.topic", value: Some(self.input_topic.as_bytes()) })
+                .insert(Header { key: "siklus.source.partition", value: Some(part.as_bytes()) })
+                .insert(Header { key: "siklus.source.offset", value: Some(off.as_bytes()) });
+            let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.dlq_topic).headers(h);
+            if let Some(k) = &r.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(p) = &r.payload {
+                record = record.payload(p.as_slice());
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                        record = rec;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => {
+                        self.producer.context().failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "cannot produce a dead letter");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_aggregates(&self, aggs: &[Aggregate], cells: &[CohortCell]) -> anyhow::Result<()> {
+        for a in aggs {
+            self.send(&self.aggregates_topic, a.key().as_bytes(), &serde_json::to_vec(a)?, None);
+        }
+        for c in cells {
+            self.send(&self.cohorts_topic, c.key().as_bytes(), &serde_json::to_vec(c)?, None);
+        }
+        Ok(())
+    }
+
+    /// Waits until everything sent was acknowledged; fails if anything was not.
+    fn flush(&self) -> anyhow::Result<()> {
+        let flushed = self.producer.flush(self.flush_timeout);
+        let failures = self.producer.context().failures.swap(0, Ordering::Relaxed);
+        let first = lock(&self.producer.context().first_error).take();
+        if let Err(e) = flushed {
+            bail!("output flush failed: {e}");
+        }
+        if failures > 0 {
+            bail!(
+                "{failures} output records were not delivered (first error: {})",
+                first.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The key of a partial on the internal topic.
+fn partial_key(p: &Partial) -> String {
+    match p {
+        Partial::Window {
+            granularity, start, ..
+        } => format!("{}/{}", granularity.as_str(), crate::time::format_rfc3339(*start)),
+        Partial::Progress { partition, .. } => format!("progress/{partition}"),
+    }
+}
+
+/// Everything the processing thread and the rebalance callback share.
+struct Worker {
+    engine: Engine,
+    sink: Arc<OutputSink>,
+    out: Outputs,
+    raw: Vec<RawRecord>,
+    input_topic: String,
+    /// Last watermark announced per partition to the merge stage.
+    announced: BTreeMap<u32, i64>,
+    metrics: Arc<Metrics>,
+    /// Steps delivered so far.
+    steps: u64,
+    /// Fault injection for the crash tests: abort the process after this many
+    /// steps, with the outputs delivered and the state not yet written
+    /// (`SIKLUS_FAULT_ABORT_AFTER_STEPS`).
+    abort_after_steps: Option<u64>,
+}
+
+impl Worker {
+    /// Delivers the step's outputs, then writes its state and offsets, then
+    /// commits the offsets to the group.
+    fn commit_step(&mut self, consumer: &BaseConsumer<impl ConsumerContext>) -> anyhow::Result<()> {
+        // Announce watermark progress to the merge stage (heartbeats that let
+        // it close windows and detect idle partitions).
+        for p in self.engine.assigned() {
+            if let Some(wm) = self.engine.clock(p).and_then(|c| c.watermark) {
+                if self.announced.get(&p) != Some(&wm) {
+                    self.out.partials.push(Partial::Progress { partition: p, watermark: wm });
+                    self.announced.insert(p, wm);
+                }
+            }
+        }
+        if self.out.is_empty() && self.engine.step_size() == 0 {
+            return self.commit_offsets(consumer);
+        }
+        self.sink.send_outputs(&self.out, &self.raw)?;
+        if let Err(e) = self.sink.flush() {
+            // Nothing of the step is written: it is redone from the stored offsets.
+            self.out.clear();
+            self.raw.clear();
+            self.announced.clear();
+            self.engine.rollback()?;
+            return Err(e);
+        }
+        self.metrics.transitions_out.fetch_add(self.out.transitions.len() as u64, Ordering::Relaxed);
+        self.steps += 1;
+        if self.abort_after_steps.is_some_and(|n| self.steps >= n) {
+            tracing::error!(steps = self.steps, "fault injection: aborting before the state write");
+            std::process::abort();
+        }
+        self.out.clear();
+        self.raw.clear();
+        self.engine.commit()?;
+        self.commit_offsets(consumer)
+    }
+
+    fn commit_offsets(&self, consumer: &BaseConsumer<impl ConsumerContext>) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for p in self.engine.assigned() {
+            if let Some(next) = self.engine.next_offset(p) {
+                tpl.add_partition_offset(&self.input_topic, p as i32, Offset::Offset(next))?;
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                // The store is the source of truth; the group offset is for lag monitoring.
+                debug!(error = %e, "group offset commit failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Seeks every assigned partition back to its stored offset (after a failed step).
+    fn rewind(&self, consumer: &BaseConsumer<impl ConsumerContext>) {
+        for p in self.engine.assigned() {
+            let off = self.engine.next_offset(p).map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = consumer.seek(&self.input_topic, p as i32, off, Duration::from_secs(10)) {
+                warn!(partition = p, error = %e, "seek after a failed step");
+            }
+        }
+    }
+}
+
+/// Consumer context of the input: starts partitions at their stored offsets
+/// and commits the in-flight step before a partition is revoked.
+struct InputContext {
+    worker: Arc<Mutex<Worker>>,
+    topic: String,
+    failed: AtomicBool,
+}
+
+impl ClientContext for InputContext {}
+
+impl ConsumerContext for InputContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut w = lock(&self.worker);
+                let parts: Vec<i32> = tpl
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == self.topic)
+                    .map(|e| e.partition())
+                    .collect();
+                for p in parts {
+                    if let Err(e) = w.engine.assign(p as u32) {
+                        warn!(partition = p, error = %e, "cannot load partition state");
+                        self.failed.store(true, Ordering::SeqCst);
+                        continue;
+                    }
+                    let off = w.engine.next_offset(p as u32).map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = tpl.set_partition_offset(&self.topic, p, off) {
+                        warn!(partition = p, error = %e, "cannot set start offset");
+                    }
+                    info!(partition = p, offset = ?off, "partition assigned");
+                }
+                w.metrics.assigned.store(w.engine.assigned().len() as u64, Ordering::Relaxed);
+                drop(w);
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    warn!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut w = lock(&self.worker);
+                if let Err(e) = w.commit_step(consumer) {
+                    // The partitions go uncommitted; their new owner redoes the step.
+                    warn!(error = %e, "could not commit before revoke");
+                }
+                for e in tpl.elements() {
+                    w.engine.revoke(e.partition() as u32);
+                    w.announced.remove(&(e.partition() as u32));
+                    info!(partition = e.partition(), "partition revoked");
+                }
+                w.metrics.assigned.store(w.engine.assigned().len() as u64, Ordering::Relaxed);
+                drop(w);
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    warn!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                warn!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// State of the merge stage while this instance owns the partials partition.
+struct MergeState {
+    merger: Merger,
+    next_offset: i64,
+    /// Last progress per input partition: watermark and when it last moved.
+    progress: BTreeMap<u32, (i64, Instant)>,
+}
+
+struct MergeContext {
+    store: Arc<Store>,
+    state: Arc<Mutex<Option<MergeState>>>,
+    partitions: u32,
+}
+
+impl ClientContext for MergeContext {}
+
+impl ConsumerContext for MergeContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let loaded = self.load();
+                let off = loaded.as_ref().map_or(Offset::Beginning, |s| Offset::Offset(s.next_offset));
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                for (t, p) in parts {
+                    let _ = tpl.set_partition_offset(&t, p, off);
+                }
+                *lock(&self.state) = Some(loaded.unwrap_or_else(|| MergeState {
+                    merger: Merger::new(self.partitions),
+                    next_offset: 0,
+                    progress: BTreeMap::new(),
+                }));
+                info!(offset = ?off, "merge stage assigned");
+                let _ = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Its state is already stored at the last delivered point.
+                *lock(&self.state) = None;
+                info!("merge stage revoked");
+                let _ = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+            }
+            _ => {
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl MergeContext {
+    fn load(&self) -> Option<MergeState> {
+        let bytes = self.store.global(MERGE_STATE).ok()??;
+        let off = self.store.global(MERGE_OFFSET).ok()??;
+        let merger: Merger = postcard::from_bytes(&bytes).ok()?;
+        let next_offset = i64::from_be_bytes(off.as_slice().try_into().ok()?);
+        Some(MergeState {
+            merger,
+            next_offset,
+            progress: BTreeMap::new(),
+        })
+    }
+}
+
+/// Runs the live job until shut down (or, with `stop_at_end`, until the input's end).
+pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Result<RunSummary> {
+    let partitions = ensure_topics(cfg)?;
+    std::fs::create_dir_all(&cfg.processor.state_dir)
+        .with_context(|| format!("creating {}", cfg.processor.state_dir.display()))?;
+    let store = Arc::new(
+        Store::open(&cfg.processor.state_dir, &cfg.store_options())
+            .with_context(|| format!("opening state in {}", cfg.processor.state_dir.display()))?,
+    );
+    if !cfg.processor.http_listen.is_empty() {
+        crate::http::spawn(
+            &cfg.processor.http_listen,
+            crate::http::AppState {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                rules: cfg.rules.clone(),
+            },
+        )?;
+    }
+    let decoder = Decoder::new(cfg.processor.input_format, &cfg.schemas.ids)?;
+    let sink = Arc::new(OutputSink::new(cfg)?);
+    let engine = Engine::new(store.clone(), cfg.engine(true));
+    let worker = Arc::new(Mutex::new(Worker {
+        engine,
+        sink: sink.clone(),
+        out: Outputs::default(),
+        raw: Vec::new(),
+        input_topic: cfg.topics.input.clone(),
+        announced: BTreeMap::new(),
+        metrics: metrics.clone(),
+        steps: 0,
+        abort_after_steps: std::env::var("SIKLUS_FAULT_ABORT_AFTER_STEPS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    }));
+
+    let mut cc = client_config(cfg);
+    cc.set("group.id", &cfg.processor.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    for (k, v) in [
+        ("auto.offset.reset", "earliest"),
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "1000"),
+    ] {
+        if !cfg.kafka.contains_key(k) {
+            cc.set(k, v);
+        }
+    }
+    let consumer: BaseConsumer<InputContext> = cc
+        .create_with_context(InputContext {
+            worker: worker.clone(),
+            topic: cfg.topics.input.clone(),
+            failed: AtomicBool::new(false),
+        })
+        .context("creating the input consumer")?;
+    consumer.subscribe(&[&cfg.topics.input])?;
+
+    let merge_state = Arc::new(Mutex::new(None));
+    let mut mc = client_config(cfg);
+    mc.set("group.id", format!("{}.merge", cfg.processor.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    if !cfg.kafka.contains_key("session.timeout.ms") {
+        mc.set("session.timeout.ms", "10000");
+    }
+    let merge_consumer: BaseConsumer<MergeContext> = mc
+        .create_with_context(MergeContext {
+            store: store.clone(),
+            state: merge_state.clone(),
+            partitions: partitions as u32,
+        })
+        .context("creating the merge consumer")?;
+    merge_consumer.subscribe(&[&cfg.partials_topic()])?;
+
+    let ends: BTreeMap<u32, i64> = if opts.stop_at_end {
+        (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&cfg.topics.input, p, Duration::from_secs(10))
+                    .map(|(_, high)| (p as u32, high))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        BTreeMap::new()
+    };
+
+    let idle_timeout = Duration::from_millis(cfg.processor.idle_timeout_ms);
+    let commit_interval = Duration::from_millis(cfg.processor.commit_interval_ms);
+    let mut last_seen: BTreeMap<u32, Instant> = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    let mut summary = RunSummary::default();
+    let mut ended = false;
+    let mut end_deadline: Option<Instant> = None;
+    metrics.ready.store(true, Ordering::Relaxed);
+
+    loop {
+        if opts.shutdown.load(Ordering::Relaxed) {
+            info!("shutting down");
+            break;
+        }
+        // One step: up to max_batch records.
+        let mut n = 0usize;
+        let mut timeout = Duration::from_millis(100);
+        while n < cfg.processor.max_batch {
+            let Some(msg) = consumer.poll(timeout) else { break };
+            timeout = Duration::ZERO;
+            match msg {
+                Ok(m) => {
+                    n += 1;
+                    let mut w = lock(&worker);
+                    handle_message(&mut w, &decoder, &m)?;
+                    last_seen.insert(m.partition() as u32, Instant::now());
+                }
+                Err(e) => {
+                    warn!(error = %e, "consumer error");
+                    metrics.consumer_errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        metrics.events_in.fetch_add(n as u64, Ordering::Relaxed);
+        {
+            let mut w = lock(&worker);
+            let input_topic = cfg.topics.input.as_str();
+            advance_idle(&mut w, &mut last_seen, idle_timeout, |p| {
+                consumer
+                    .fetch_watermarks(input_topic, p as i32, Duration::from_secs(2))
+                    .ok()
+                    .map(|(_, high)| high)
+            })?;
+            if opts.stop_at_end && !ended {
+                let assigned = w.engine.assigned();
+                let caught_up = !assigned.is_empty()
+                    && ends.iter().all(|(p, high)| {
+                        !assigned.contains(p) || *high == 0 || w.engine.next_offset(*p).is_some_and(|n| n >= *high)
+                    })
+                    && assigned.len() == ends.len();
+                if caught_up {
+                    if let Some(end) = opts.end_time {
+                        let mut out = std::mem::take(&mut w.out);
+                        for p in assigned {
+                            w.engine.advance_watermark(p, end, &mut out)?;
+                        }
+                        w.out = out;
+                    }
+                    ended = true;
+                    end_deadline = Some(Instant::now() + Duration::from_secs(30));
+                }
+            }
+            if n > 0 || last_commit.elapsed() >= commit_interval || ended {
+                if let Err(e) = w.commit_step(&consumer) {
+                    warn!(error = %e, "step failed; redoing it from the stored offsets");
+                    metrics.failed_steps.fetch_add(1, Ordering::Relaxed);
+                    w.rewind(&consumer);
+                }
+                last_commit = Instant::now();
+            }
+            let c = w.engine.counters();
+            metrics.set_counters(&c);
+            summary.counters = c;
+        }
+        if consumer.context().failed.load(Ordering::SeqCst) {
+            bail!("a partition's state could not be loaded");
+        }
+        // The merge stage, when this instance owns it.
+        let (aggs, cells) = merge_step(&merge_consumer, &merge_state, &store, &sink, idle_timeout)?;
+        summary.aggregates += aggs;
+        summary.cohort_cells += cells;
+        metrics.aggregates_out.fetch_add(aggs, Ordering::Relaxed);
+        if ended {
+            // Finish once the merge stage has read everything produced so far.
+            let (_, high) = merge_consumer
+                .fetch_watermarks(&cfg.partials_topic(), 0, Duration::from_secs(5))
+                .unwrap_or((0, 0));
+            let pos = lock(&merge_state).as_ref().map_or(-1, |s| s.next_offset);
+            if pos >= high || end_deadline.is_some_and(|d| Instant::now() > d) {
+                break;
+            }
+        }
+    }
+    {
+        let mut w = lock(&worker);
+        if let Err(e) = w.commit_step(&consumer) {
+            warn!(error = %e, "final commit failed; the last step will be redone on restart");
+        }
+        w.engine.store().flush()?;
+        summary.counters = w.engine.counters();
+    }
+    merge_step(&merge_consumer, &merge_state, &store, &sink, idle_timeout)?;
+    consumer.unsubscribe();
+    merge_consumer.unsubscribe();
+    metrics.ready.store(false, Ordering::Relaxed);
+    Ok(summary)
+}
+
+fn handle_message(w: &mut Worker, decoder: &Decoder, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+    let partition = m.partition() as u32;
+    let offset = m.offset();
+    if w.engine.skip_if_applied(partition, offset) {
+        return Ok(());
+    }
+    let decoded = match m.payload() {
+        None => Err(DecodeError::MissingField("value")),
+        Some(bytes) => decoder.decode(bytes).and_then(|e| match m.key() {
+            Some(k) if k != e.customer_id.as_bytes() => Err(DecodeError::InvalidField {
+                field: "customer_id",
+                reason: "does not match the record key (the key must be the customer_id)".into(),
+            }),
+            _ => Ok(e),
+        }),
+    };
+    if decoded.is_err() {
+        w.raw.push(RawRecord {
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    let mut out = std::mem::take(&mut w.out);
+    let r = w.engine.process(partition, offset, decoded, &mut out);
+    w.out = out;
+    match r {
+        Ok(()) => Ok(()),
+        Err(EngineError::NotAssigned(p)) => {
+            debug!(partition = p, "record of a partition no longer assigned");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Partitions with no records for the idle timeout, and no lag, follow the
+/// slowest active partition of this instance, so they do not hold timers and
+/// windows back forever. A partition that is only slow (it still has records
+/// to read) is never treated as idle.
+fn advance_idle(
+    w: &mut Worker,
+    last_seen: &mut BTreeMap<u32, Instant>,
+    idle: Duration,
+    high_watermark: impl Fn(u32) -> Option<i64>,
+) -> anyhow::Result<()> {
+    let assigned = w.engine.assigned();
+    let mut idle_parts = Vec::new();
+    let mut active = Vec::new();
+    for p in &assigned {
+        let quiet = last_seen.get(p).is_none_or(|t| t.elapsed() >= idle);
+        if !quiet {
+            active.push(*p);
+            continue;
+        }
+        let next = w.engine.next_offset(*p).unwrap_or(0);
+        match high_watermark(*p) {
+            Some(high) if next >= high => idle_parts.push(*p),
+            _ => {
+                // Lagging or unknown: not idle; look again after another timeout.
+                last_seen.insert(*p, Instant::now());
+                active.push(*p);
+            }
+        }
+    }
+    let active_min = active
+        .iter()
+        .filter_map(|p| w.engine.clock(*p).and_then(|c| c.watermark))
+        .min();
+    let Some(target) = active_min else { return Ok(()) };
+    let mut out = std::mem::take(&mut w.out);
+    for p in idle_parts {
+        w.engine.advance_watermark(p, target, &mut out)?;
+    }
+    w.out = out;
+    Ok(())
+}
+
+fn merge_step(
+    consumer: &BaseConsumer<MergeContext>,
+    state: &Arc<Mutex<Option<MergeState>>>,
+    store: &Store,
+    sink: &OutputSink,
+    idle: Duration,
+) -> anyhow::Result<(u64, u64)> {
+    let mut got = 0;
+    while got < 10_000 {
+        let Some(msg) = consumer.poll(Duration::ZERO) else { break };
+        let m = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "merge consumer error");
+                break;
+            }
+        };
+        got += 1;
+        let mut guard = lock(state);
+        let Some(s) = guard.as_mut() else { continue };
+        if m.offset() < s.next_offset {
+            continue;
+        }
+        s.next_offset = m.offset() + 1;
+        let Some(payload) = m.payload() else { continue };
+        match Partial::decode(payload) {
+            Ok(p) => {
+                if let Partial::Progress { partition, watermark } = &p {
+                    let moved = s.progress.get(partition).is_none_or(|(w, _)| w != watermark);
+                    if moved {
+                        s.progress.insert(*partition, (*watermark, Instant::now()));
+                        s.merger.set_idle(*partition, false);
+                    }
+                }
+                s.merger.add(p);
+            }
+            Err(e) => warn!(offset = m.offset(), error = %e, "undecodable partial skipped"),
+        }
+    }
+    let mut guard = lock(state);
+    let Some(s) = guard.as_mut() else { return Ok((0, 0)) };
+    // A partition whose watermark has not moved for the idle timeout, while
+    // another's has, stops holding the job watermark back.
+    let newest = s.progress.values().map(|(_, t)| *t).max();
+    if let Some(newest) = newest {
+        for (p, (_, t)) in &s.progress {
+            if t.elapsed() >= idle && newest.duration_since(*t) >= idle / 2 {
+                s.merger.set_idle(*p, true);
+            }
+        }
+    }
+    let mut aggs = Vec::new();
+    let mut cells = Vec::new();
+    s.merger.drain(&mut aggs, &mut cells);
+    if got == 0 && aggs.is_empty() {
+        return Ok((0, 0));
+    }
+    sink.send_aggregates(&aggs, &cells)?;
+    sink.flush()?;
+    let mut b = Batch::new();
+    b.put_global(MERGE_STATE, &postcard::to_stdvec(&s.merger).map_err(|e| anyhow!("merge state: {e}"))?);
+    b.put_global(MERGE_OFFSET, &s.next_offset.to_be_bytes());
+    store.write(b)?;
+    Ok((aggs.len() as u64, cells.len() as u64))
+}

@@ -1,0 +1,21 @@
+//! siklus: a customer lifecycle stream processor.
+//!
+//! Interaction events are folded into per-customer profiles kept in RocksDB;
+//! stage transitions and retention/churn aggregates are emitted. The core
+//! ([`fold`], [`aggregate`]) is pure: no I/O, no wall clock, event time only.
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod codec;
+pub mod fold;
+pub mod model;
+pub mod rules;
+pub mod time;
+pub mod engine;
+pub mod config;
+pub mod kafka;
+pub mod metrics;
+pub mod replay;
+pub mod demo;
+pub mod generator;
+pub mod http;

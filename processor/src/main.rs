@@ -1,0 +1,297 @@
+//! The `siklus` binary: a thin shell over the library.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use siklus::config::Config;
+use siklus::replay::{FileReplay, WatermarkPolicy};
+use siklus::time::parse_rfc3339;
+
+/// siklus: customer lifecycle stream processor.
+#[derive(Parser, Debug)]
+#[command(name = "siklus", version, about)]
+struct Cli {
+    /// Configuration file (TOML). `SIKLUS_*` environment variables override it.
+    #[arg(long, short, global = true, env = "SIKLUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the live job: a consumer group over the input topic.
+    Run {
+        /// Kafka bootstrap servers (overrides kafka."bootstrap.servers").
+        #[arg(long)]
+        brokers: Option<String>,
+        /// State directory (overrides processor.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Consumer group (overrides processor.group_id).
+        #[arg(long)]
+        group: Option<String>,
+        /// Input topic (overrides topics.input).
+        #[arg(long)]
+        input_topic: Option<String>,
+        /// Stop when the input's end (as of start) is reached.
+        #[arg(long)]
+        stop_at_end: bool,
+        /// With --stop-at-end: advance event time to this instant (RFC 3339)
+        /// at the end, so timers due by then fire and windows close.
+        #[arg(long, requires = "stop_at_end")]
+        until: Option<String>,
+    },
+    /// Replay events from a file with a fresh state; outputs to files.
+    Replay {
+        /// JSONL (one InteractionEvent per line) or Avro container file.
+        #[arg(long)]
+        input: PathBuf,
+        /// Directory for transitions.jsonl, aggregates.jsonl, cohorts.jsonl, dlq.jsonl.
+        #[arg(long)]
+        output_dir: PathBuf,
+        /// Advance event time to this instant (RFC 3339) at the end.
+        #[arg(long)]
+        until: Option<String>,
+        /// Time policy: bounded (exact aggregates) or live (as the live job).
+        #[arg(long, value_enum, default_value = "bounded")]
+        watermark: WatermarkPolicy,
+        /// Keep the replay's state here (default: a temporary directory).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// The embedded demo: synthetic customers through the real Kafka path
+    /// on an in-process broker.
+    Demo {
+        /// Customers to simulate.
+        #[arg(long, default_value_t = 3000)]
+        customers: u64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Print a customer's profile from a state directory.
+    Inspect {
+        /// State directory (default: processor.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The customer id.
+        customer_id: String,
+    },
+    /// Write a synthetic event stream as JSONL.
+    Generate {
+        /// Customers.
+        #[arg(long, default_value_t = 1000)]
+        customers: u64,
+        /// Mean events per customer.
+        #[arg(long, default_value_t = 8.0)]
+        events_per_customer: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output file (JSONL).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration (file, then environment) and print it.
+    Check,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIKLUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Pretty => b.init(),
+    }
+}
+
+/// SIGINT and SIGTERM set the flag; the job then drains and commits.
+fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+                tracing::info!("signal received, draining");
+                f.store(true, Ordering::SeqCst);
+            })
+        })?;
+    Ok(flag)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let load = || Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"));
+    match cli.command {
+        Command::Run {
+            brokers,
+            state_dir,
+            group,
+            input_topic,
+            stop_at_end,
+            until,
+        } => {
+            let mut cfg = load()?;
+            if let Some(b) = brokers {
+                cfg.kafka.insert("bootstrap.servers".into(), b);
+            }
+            if let Some(d) = state_dir {
+                cfg.processor.state_dir = d;
+            }
+            if let Some(g) = group {
+                cfg.processor.group_id = g;
+            }
+            if let Some(t) = input_topic {
+                cfg.topics.input = t;
+            }
+            let metrics = Arc::new(siklus::metrics::Metrics::default());
+            let summary = siklus::kafka::run(
+                &cfg,
+                siklus::kafka::RunOptions {
+                    stop_at_end,
+                    end_time: parse_until(until.as_deref())?,
+                    shutdown: shutdown_flag()?,
+                },
+                metrics,
+            )?;
+            tracing::info!(counters = ?summary.counters, "stopped");
+        }
+        Command::Replay {
+            input,
+            output_dir,
+            until,
+            watermark,
+            state_dir,
+        } => {
+            let cfg = load()?;
+            let until = parse_until(until.as_deref())?;
+            let summary = siklus::replay::replay_file(
+                &cfg,
+                &FileReplay {
+                    input,
+                    output_dir,
+                    until,
+                    watermark,
+                    state_dir,
+                    commit_every: 10_000,
+                },
+            )?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Demo { customers, seed } => {
+            let report = siklus::demo::run_demo(&siklus::demo::DemoOptions {
+                customers,
+                seed,
+                ..Default::default()
+            })?;
+            print!("{}", siklus::demo::render(&report));
+        }
+        Command::Inspect {
+            state_dir,
+            customer_id,
+        } => {
+            let cfg = load()?;
+            let dir = state_dir.unwrap_or_else(|| cfg.processor.state_dir.clone());
+            let store = siklus_state::Store::open(&dir, &cfg.store_options())
+                .with_context(|| format!("opening {}", dir.display()))?;
+            match store.find_profile(&customer_id)? {
+                Some((partition, bytes)) => {
+                    let profile = siklus::engine::decode_profile(&bytes).map_err(anyhow::Error::msg)?;
+                    let view = serde_json::json!({
+                        "customer_id": customer_id,
+                        "partition": partition,
+                        "profile": profile,
+                        "next_deadline": siklus::fold::next_deadline(&profile, &cfg.rules)
+                            .map(siklus::time::format_rfc3339),
+                    });
+                    println!("{}", serde_json::to_string_pretty(&view)?);
+                }
+                None => {
+                    eprintln!("no profile for customer {customer_id:?} in {}", dir.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Generate {
+            customers,
+            events_per_customer,
+            seed,
+            output,
+        } => {
+            use std::io::Write as _;
+            let f = std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            let mut n = 0u64;
+            for e in siklus::generator::Generator::new(siklus::generator::GeneratorConfig {
+                customers,
+                events_per_customer,
+                seed,
+                ..Default::default()
+            }) {
+                w.write_all(&siklus::codec::encode_event_json(&e))?;
+                w.write_all(b"\n")?;
+                n += 1;
+            }
+            w.flush()?;
+            eprintln!("wrote {n} events to {}", output.display());
+        }
+        Command::Config { command: ConfigCommand::Check } => {
+            let cfg = load()?;
+            println!("{}", toml_string(&cfg)?);
+            eprintln!("configuration is valid");
+        }
+    }
+    Ok(())
+}
+
+fn parse_until(until: Option<&str>) -> anyhow::Result<Option<i64>> {
+    match until {
+        Some(u) => Ok(Some(
+            parse_rfc3339(u).with_context(|| format!("--until {u:?} is not RFC 3339"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+fn toml_string(cfg: &Config) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(cfg)?)
+}

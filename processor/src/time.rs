@@ -1,0 +1,238 @@
+//! Event-time calendar arithmetic in UTC: days, ISO weeks (Monday) and calendar
+//! months, all as epoch milliseconds. Pure: no wall clock anywhere.
+
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds in a day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The window sizes of the aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// A UTC calendar day.
+    Day,
+    /// An ISO week, starting Monday 00:00 UTC.
+    Week,
+    /// A UTC calendar month.
+    Month,
+}
+
+impl Granularity {
+    /// Every granularity, in a fixed order.
+    pub const ALL: [Granularity; 3] = [Granularity::Day, Granularity::Week, Granularity::Month];
+
+    /// The lowercase name used in keys and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Day => "day",
+            Granularity::Week => "week",
+            Granularity::Month => "month",
+        }
+    }
+
+    /// Parses the lowercase name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "day" => Some(Granularity::Day),
+            "week" => Some(Granularity::Week),
+            "month" => Some(Granularity::Month),
+            _ => None,
+        }
+    }
+
+    /// Start (epoch ms) of the window that contains `t`.
+    pub fn start(self, t: i64) -> i64 {
+        match self {
+            Granularity::Day => t.div_euclid(DAY_MS) * DAY_MS,
+            Granularity::Week => {
+                // 1970-01-01 was a Thursday; Monday-based weeks start 3 days earlier.
+                let days = t.div_euclid(DAY_MS);
+                ((days + 3).div_euclid(7) * 7 - 3) * DAY_MS
+            }
+            Granularity::Month => {
+                let (y, m) = year_month(t);
+                month_start_ms(y, m)
+            }
+        }
+    }
+
+    /// Start of the window after the one that starts at `start`.
+    pub fn next(self, start: i64) -> i64 {
+        match self {
+            Granularity::Day => start + DAY_MS,
+            Granularity::Week => start + 7 * DAY_MS,
+            Granularity::Month => {
+                let (y, m) = year_month(start);
+                if m == 12 {
+                    month_start_ms(y + 1, 1)
+                } else {
+                    month_start_ms(y, m + 1)
+                }
+            }
+        }
+    }
+
+    /// Start of the window before the one that starts at `start`.
+    pub fn prev(self, start: i64) -> i64 {
+        self.start(start - 1)
+    }
+
+    /// End (exclusive, epoch ms) of the window that starts at `start`.
+    pub fn end(self, start: i64) -> i64 {
+        self.next(start)
+    }
+
+    /// Number of whole windows from the window starting at `from` to the one
+    /// starting at `to` (both window starts; `to >= from`).
+    pub fn offset(self, from: i64, to: i64) -> i64 {
+        match self {
+            Granularity::Day => (to - from).div_euclid(DAY_MS),
+            Granularity::Week => (to - from).div_euclid(7 * DAY_MS),
+            Granularity::Month => {
+                let (y1, m1) = year_month(from);
+                let (y2, m2) = year_month(to);
+                (y2 as i64 - y1 as i64) * 12 + (m2 as i64 - m1 as i64)
+            }
+        }
+    }
+}
+
+fn year_month(t: i64) -> (i32, u32) {
+    let days = t.div_euclid(DAY_MS);
+    let date = NaiveDate::from_num_days_from_ce_opt((days + 719_163) as i32)
+        .unwrap_or(NaiveDate::MIN);
+    (date.year(), date.month())
+}
+
+fn month_start_ms(y: i32, m: u32) -> i64 {
+    NaiveDate::from_ymd_opt(y, m, 1)
+        .map(|d| (d.num_days_from_ce() as i64 - 719_163) * DAY_MS)
+        .unwrap_or(i64::MIN / 2)
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision.
+pub fn format_rfc3339(ms: i64) -> String {
+    match Utc.timestamp_millis_opt(ms).single() {
+        Some(dt) => dt.to_rfc3339_opts(SecondsFormat::Millis, true),
+        None => ms.to_string(),
+    }
+}
+
+/// Parses RFC 3339 (any offset) into epoch milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(s: &str) -> i64 {
+        parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn week_starts_on_monday() {
+        // 2024-01-03 is a Wednesday; its ISO week starts Monday 2024-01-01.
+        assert_eq!(
+            Granularity::Week.start(ms("2024-01-03T12:00:00Z")),
+            ms("2024-01-01T00:00:00Z")
+        );
+        // A Sunday belongs to the week that started six days before.
+        assert_eq!(
+            Granularity::Week.start(ms("2024-01-07T23:59:59Z")),
+            ms("2024-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Week.start(ms("1970-01-01T00:00:00Z")),
+            ms("1969-12-29T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn months_roll_over_years() {
+        let dec = Granularity::Month.start(ms("2023-12-31T23:00:00Z"));
+        assert_eq!(dec, ms("2023-12-01T00:00:00Z"));
+        assert_eq!(Granularity::Month.next(dec), ms("2024-01-01T00:00:00Z"));
+        assert_eq!(
+            Granularity::Month.prev(ms("2024-03-01T00:00:00Z")),
+            ms("2024-02-01T00:00:00Z")
+        );
+        assert_eq!(Granularity::Month.offset(dec, ms("2024-03-01T00:00:00Z")), 3);
+    }
+
+    #[test]
+    fn days_before_epoch() {
+        assert_eq!(Granularity::Day.start(-1), -DAY_MS);
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+}
+
+/// Serde for an epoch-millis `i64` as an RFC 3339 string; also reads epoch
+/// millis (a JSON number), for input written either way.
+pub mod rfc3339 {
+    use serde::{de, Deserializer, Serializer};
+
+    /// Writes RFC 3339 UTC.
+    pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_rfc3339(*ms))
+    }
+
+    /// Reads RFC 3339 or epoch millis.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        d.deserialize_any(Visitor)
+    }
+
+    pub(super) struct Visitor;
+
+    impl de::Visitor<'_> for Visitor {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an RFC 3339 timestamp or epoch milliseconds")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom("epoch milliseconds out of range"))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+            if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                Ok(v as i64)
+            } else {
+                Err(E::custom("epoch milliseconds must be an integer"))
+            }
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
+            if let Some(ms) = super::parse_rfc3339(v) {
+                return Ok(ms);
+            }
+            v.parse::<i64>()
+                .map_err(|_| E::custom(format!("cannot parse timestamp {v:?}")))
+        }
+    }
+}
+
+/// Like [`rfc3339`], for `Option<i64>` (null stays null).
+pub mod rfc3339_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes RFC 3339 UTC or null.
+    pub fn serialize<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => s.serialize_str(&super::format_rfc3339(*ms)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads RFC 3339, epoch millis or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "super::rfc3339")] i64);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
+}

@@ -1,0 +1,297 @@
+//! Harness of the end-to-end tests: a real tansu broker per test on a free
+//! loopback port, unique topic and group names, topic helpers, and the
+//! `siklus` binary as a child process.
+//!
+//! A missing broker binary is a failure, never a skip.
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// A running tansu broker, killed on drop.
+pub struct Broker {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let p = Path::new(&home).join(".cargo/bin/tansu");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("tansu")
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Broker {
+    /// Starts tansu on a free port and waits until it answers metadata requests.
+    /// Panics (fails the test) when tansu is not installed: run `scripts/setup.sh`.
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _ in 0..3 {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let url = format!("tcp://{addr}");
+            let log = std::fs::File::create(dir.path().join(format!("tansu-{port}.log"))).expect("log file");
+            let child = Command::new(tansu_bin())
+                .arg("broker")
+                .env("LISTENER_URL", &url)
+                .env("ADVERTISED_LISTENER_URL", &url)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start the tansu broker ({}): {e}. Install it with scripts/setup.sh",
+                        tansu_bin().display()
+                    )
+                });
+            let mut b = Broker { child, addr, _dir: tempfile::tempdir().expect("tempdir") };
+            if b.wait_ready(Duration::from_secs(20)) {
+                b._dir = dir;
+                return b;
+            }
+            let _ = b.child.kill();
+        }
+        panic!("tansu did not become ready");
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tansu exited at start: {status}");
+            }
+            if TcpStream::connect(&self.addr).is_ok() {
+                let c: BaseConsumer = self.client().create().expect("client");
+                if c.fetch_metadata(None, Duration::from_secs(2)).is_ok() {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// A client config pointing at this broker.
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.addr);
+        c
+    }
+
+    /// Creates a topic.
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = self.client().create().expect("admin");
+        let rt = tokio_rt();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let res = rt
+            .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+            .expect("create topics");
+        for r in res {
+            r.unwrap_or_else(|(n, e)| panic!("create topic {n}: {e}"));
+        }
+        let c: BaseConsumer = self.client().create().expect("client");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let md = c.fetch_metadata(Some(name), Duration::from_secs(5)).expect("metadata");
+            if md.topics().first().is_some_and(|t| t.partitions().len() == partitions as usize) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "topic {name} did not appear");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Produces records (key, value) and waits for their acknowledgement.
+    pub fn produce(&self, topic: &str, records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) {
+        let p: ThreadedProducer<DefaultProducerContext> = self
+            .client()
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .create()
+            .expect("producer");
+        for (k, v) in records {
+            let mut rec = BaseRecord::<[u8], [u8]>::to(topic).key(&k).payload(&v);
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            }
+        }
+        p.flush(Duration::from_secs(60)).expect("flush");
+    }
+
+    /// Reads every record of a topic up to its current end.
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        let c: BaseConsumer = self
+            .client()
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in 0..parts {
+            let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+        }
+        c.assign(&tpl).expect("assign");
+        let mut pos: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ends.iter().any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h) {
+            assert!(Instant::now() < deadline, "timed out reading {topic}");
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.expect("message");
+                pos.insert(m.partition(), m.offset() + 1);
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A consumed record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers (values as lossy UTF-8).
+    pub headers: Vec<(String, Option<String>)>,
+}
+
+impl Record {
+    /// A header's value.
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_deref())
+    }
+}
+
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A name unique to this process and moment.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    format!("{prefix}-{}-{t}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `siklus` binary built with this workspace.
+pub fn siklus_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SIKLUS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/siklus
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("siklus");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo nextest run --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Writes a TOML config for a run against this broker and returns its path.
+pub fn write_config(dir: &Path, broker: &Broker, input: &str, group: &str, extra: &str) -> PathBuf {
+    let p = dir.join("siklus.toml");
+    let text = format!(
+        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n\n[topics]\ninput = \"{input}\"\ntransitions = \"{group}.transitions\"\naggregates = \"{group}.aggregates\"\ncohorts = \"{group}.cohorts\"\ndlq = \"{group}.dlq\"\n\n[processor]\ngroup_id = \"{group}\"\nstate_dir = \"{}\"\ncommit_interval_ms = 200\nidle_timeout_ms = 2000\n{extra}\n",
+        broker.addr,
+        dir.join("state").display()
+    );
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+/// Starts `siklus run` as a child process.
+pub fn spawn_run(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Child {
+    let log = std::fs::File::create(config.with_extension("log")).expect("log");
+    let mut cmd = Command::new(siklus_bin());
+    cmd.arg("--config").arg(config).arg("run").args(args).stdout(Stdio::null()).stderr(log);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn siklus")
+}
+
+/// Waits for a child to exit, failing the test after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration, log: &Path) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "siklus did not exit in time; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
