@@ -678,6 +678,11 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     let mut summary = RunSummary::default();
     let mut ended = false;
     let mut end_deadline: Option<Instant> = None;
+    // Some brokers (tansu 0.6) report a high watermark below the true end
+    // of the log, so "caught up" also needs a quiet period with no records.
+    let quiet = Duration::from_millis(1_500);
+    let mut last_input = Instant::now();
+    let mut last_merge_input = Instant::now();
     metrics.ready.store(true, Ordering::Relaxed);
 
     loop {
@@ -706,6 +711,9 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             }
         }
         metrics.events_in.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            last_input = Instant::now();
+        }
         {
             let mut w = lock(&worker);
             let input_topic = cfg.topics.input.as_str();
@@ -721,7 +729,8 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                     && ends.iter().all(|(p, high)| {
                         !assigned.contains(p) || *high == 0 || w.engine.next_offset(*p).is_some_and(|n| n >= *high)
                     })
-                    && assigned.len() == ends.len();
+                    && assigned.len() == ends.len()
+                    && last_input.elapsed() >= quiet;
                 if caught_up {
                     if let Some(end) = opts.end_time {
                         let mut out = std::mem::take(&mut w.out);
@@ -750,7 +759,10 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             bail!("a partition's state could not be loaded");
         }
         // The merge stage, when this instance owns it.
-        let (aggs, cells) = merge_step(&merge_consumer, &merge_state, &store, &sink, idle_timeout)?;
+        let (got, aggs, cells) = merge_step(&merge_consumer, &merge_state, &store, &sink, idle_timeout)?;
+        if got > 0 {
+            last_merge_input = Instant::now();
+        }
         summary.aggregates += aggs;
         summary.cohort_cells += cells;
         metrics.aggregates_out.fetch_add(aggs, Ordering::Relaxed);
@@ -760,7 +772,8 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                 .fetch_watermarks(&cfg.partials_topic(), 0, Duration::from_secs(5))
                 .unwrap_or((0, 0));
             let pos = lock(&merge_state).as_ref().map_or(-1, |s| s.next_offset);
-            if pos >= high || end_deadline.is_some_and(|d| Instant::now() > d) {
+            let drained = pos >= high && last_merge_input.elapsed() >= quiet;
+            if drained || end_deadline.is_some_and(|d| Instant::now() > d) {
                 break;
             }
         }
@@ -871,8 +884,8 @@ fn merge_step(
     store: &Store,
     sink: &OutputSink,
     idle: Duration,
-) -> anyhow::Result<(u64, u64)> {
-    let mut got = 0;
+) -> anyhow::Result<(u64, u64, u64)> {
+    let mut got = 0u64;
     while got < 10_000 {
         let Some(msg) = consumer.poll(Duration::ZERO) else { break };
         let m = match msg {
@@ -905,7 +918,7 @@ fn merge_step(
         }
     }
     let mut guard = lock(state);
-    let Some(s) = guard.as_mut() else { return Ok((0, 0)) };
+    let Some(s) = guard.as_mut() else { return Ok((got, 0, 0)) };
     // A partition whose watermark has not moved for the idle timeout, while
     // another's has, stops holding the job watermark back.
     let newest = s.progress.values().map(|(_, t)| *t).max();
@@ -920,7 +933,7 @@ fn merge_step(
     let mut cells = Vec::new();
     s.merger.drain(&mut aggs, &mut cells);
     if got == 0 && aggs.is_empty() {
-        return Ok((0, 0));
+        return Ok((0, 0, 0));
     }
     sink.send_aggregates(&aggs, &cells)?;
     sink.flush()?;
@@ -928,5 +941,5 @@ fn merge_step(
     b.put_global(MERGE_STATE, &postcard::to_stdvec(&s.merger).map_err(|e| anyhow!("merge state: {e}"))?);
     b.put_global(MERGE_OFFSET, &s.next_offset.to_be_bytes());
     store.write(b)?;
-    Ok((aggs.len() as u64, cells.len() as u64))
+    Ok((got, aggs.len() as u64, cells.len() as u64))
 }

@@ -170,10 +170,18 @@ impl Broker {
         let mut pos: BTreeMap<i32, i64> = BTreeMap::new();
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while ends.iter().any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h) {
+        // tansu 0.6 reports a high watermark below the true end of the log
+        // (the last batch's base offset + 1), so also wait for a quiet period.
+        let mut last = Instant::now();
+        loop {
+            let behind = ends.iter().any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h);
+            if !behind && last.elapsed() > Duration::from_millis(1500) {
+                break;
+            }
             assert!(Instant::now() < deadline, "timed out reading {topic}");
-            if let Some(m) = c.poll(Duration::from_millis(200)) {
+            if let Some(m) = c.poll(Duration::from_millis(100)) {
                 let m = m.expect("message");
+                last = Instant::now();
                 pos.insert(m.partition(), m.offset() + 1);
                 out.push(Record {
                     partition: m.partition(),
