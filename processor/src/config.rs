@@ -33,7 +33,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let mut kafka = BTreeMap::new();
-        kafka.insert("bootstrap.servers".to_string(), "localhost:9092".to_string());
+        kafka.insert(
+            "bootstrap.servers".to_string(),
+            "localhost:9092".to_string(),
+        );
         Config {
             kafka,
             topics: Topics::default(),
@@ -101,6 +104,11 @@ pub struct Processor {
     pub replication_factor: i32,
     /// HTTP listen address for `/metrics`, `/healthz`, `/readyz` (empty: off).
     pub http_listen: String,
+    /// Records to re-read before a partition's stored offset when it is
+    /// assigned (they are skipped, not applied again). 0 for Apache Kafka;
+    /// brokers that cannot fetch from the middle of a record batch (tansu
+    /// 0.6 returns the next batch instead) need at least their largest batch.
+    pub resume_rewind: i64,
     /// RocksDB block cache (bytes).
     pub block_cache_bytes: usize,
     /// RocksDB memtable size (bytes).
@@ -122,6 +130,7 @@ impl Default for Processor {
             topic_partitions: 8,
             replication_factor: 1,
             http_listen: String::new(),
+            resume_rewind: 0,
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
         }
@@ -181,6 +190,9 @@ impl Config {
         if self.processor.group_id.is_empty() {
             return Err("processor.group_id must not be empty".into());
         }
+        if self.processor.resume_rewind < 0 {
+            return Err("processor.resume_rewind must not be negative".into());
+        }
         if self.processor.topic_partitions < 1 {
             return Err("processor.topic_partitions must be at least 1".into());
         }
@@ -237,7 +249,11 @@ mod tests {
         assert!(err.contains("group_idd"), "{err}");
 
         let invalid = dir.path().join("invalid.toml");
-        std::fs::write(&invalid, "[rules]\nat_risk_after_ms = 10\nchurn_after_ms = 5\n").unwrap();
+        std::fs::write(
+            &invalid,
+            "[rules]\nat_risk_after_ms = 10\nchurn_after_ms = 5\n",
+        )
+        .unwrap();
         assert!(Config::load(Some(&invalid)).is_err());
     }
 }

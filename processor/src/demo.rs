@@ -70,7 +70,8 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<DemoReport> {
     let servers = cluster.bootstrap_servers();
     let state = tempfile::tempdir()?;
     let mut cfg = Config::default();
-    cfg.kafka.insert("bootstrap.servers".into(), servers.clone());
+    cfg.kafka
+        .insert("bootstrap.servers".into(), servers.clone());
     cfg.processor.state_dir = state.path().to_path_buf();
     cfg.processor.group_id = "siklus-demo".into();
     cfg.processor.topic_partitions = 4;
@@ -84,7 +85,9 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<DemoReport> {
         (cfg.topics.cohorts.clone(), 1),
         (cfg.partials_topic(), 1),
     ] {
-        cluster.create_topic(&t, p, 1).with_context(|| format!("creating {t}"))?;
+        cluster
+            .create_topic(&t, p, 1)
+            .with_context(|| format!("creating {t}"))?;
     }
 
     let gen_cfg = GeneratorConfig {
@@ -101,11 +104,21 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<DemoReport> {
     let mut report = DemoReport::default();
     for (i, e) in Generator::new(gen_cfg).enumerate() {
         let payload = codec::encode_event_json(&e);
-        send(&producer, &cfg.topics.input, e.customer_id.as_bytes(), &payload);
+        send(
+            &producer,
+            &cfg.topics.input,
+            e.customer_id.as_bytes(),
+            &payload,
+        );
         report.events += 1;
         if i == 100 {
             // Poison: not JSON at all, and an event without a customer.
-            send(&producer, &cfg.topics.input, b"cust-000001", b"\x07not json{");
+            send(
+                &producer,
+                &cfg.topics.input,
+                b"cust-000001",
+                b"\x07not json{",
+            );
             send(&producer, &cfg.topics.input, b"cust-000002", br#"{"event_id":"x","event_type":"page.viewed","occurred_at":"2024-01-02T00:00:00Z"}"#);
             report.poison += 2;
         }
@@ -139,7 +152,9 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<DemoReport> {
 }
 
 fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], payload: &[u8]) {
-    let mut rec = BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(payload);
+    let mut rec = BaseRecord::<[u8], [u8]>::to(topic)
+        .key(key)
+        .payload(payload);
     loop {
         match p.send(rec) {
             Ok(()) => return,
@@ -169,7 +184,10 @@ fn read_topic(servers: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec
     let mut pos: BTreeMap<i32, i64> = BTreeMap::new();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ends.iter().any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h) {
+    while ends
+        .iter()
+        .any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h)
+    {
         if Instant::now() > deadline {
             anyhow::bail!("timed out reading {topic}");
         }
@@ -202,9 +220,20 @@ pub fn render(r: &DemoReport) -> String {
     for ((d, st), n) in &counts {
         let _ = writeln!(s, "  {d:<10} -> {st:<12} {n:>7}");
     }
-    let reactivated = r.transitions.iter().filter(|t| t.rule == "reactivated").count();
-    let reverted = r.transitions.iter().filter(|t| t.rule == "order_reverted").count();
-    let _ = writeln!(s, "  (of which reactivated: {reactivated}, reverted by refund: {reverted})");
+    let reactivated = r
+        .transitions
+        .iter()
+        .filter(|t| t.rule == "reactivated")
+        .count();
+    let reverted = r
+        .transitions
+        .iter()
+        .filter(|t| t.rule == "order_reverted")
+        .count();
+    let _ = writeln!(
+        s,
+        "  (of which reactivated: {reactivated}, reverted by refund: {reverted})"
+    );
     let _ = writeln!(s, "\nDead-letter records: {}\n", r.dead_letters);
 
     // Example journeys: customers with the most varied paths.
@@ -212,10 +241,16 @@ pub fn render(r: &DemoReport) -> String {
     for t in &r.transitions {
         by_customer.entry(&t.customer_id).or_default().push(t);
     }
-    let mut ranked: Vec<(&str, &Vec<&StageTransition>)> = by_customer.iter().map(|(k, v)| (*k, v)).collect();
+    let mut ranked: Vec<(&str, &Vec<&StageTransition>)> =
+        by_customer.iter().map(|(k, v)| (*k, v)).collect();
     ranked.sort_by_key(|(c, v)| {
-        let distinct: std::collections::BTreeSet<&str> = v.iter().map(|t| t.to_stage.as_str()).collect();
-        (std::cmp::Reverse(distinct.len()), std::cmp::Reverse(v.len()), *c)
+        let distinct: std::collections::BTreeSet<&str> =
+            v.iter().map(|t| t.to_stage.as_str()).collect();
+        (
+            std::cmp::Reverse(distinct.len()),
+            std::cmp::Reverse(v.len()),
+            *c,
+        )
     });
     let _ = writeln!(s, "Example journeys:");
     for (c, ts) in ranked.iter().take(3) {
@@ -244,7 +279,16 @@ pub fn render(r: &DemoReport) -> String {
     let _ = writeln!(
         s,
         "  {:<7} {:>6} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7}",
-        "month", "active", "new", "return", "resurr", "dormant", "at_risk", "churned", "churn%", "retain%"
+        "month",
+        "active",
+        "new",
+        "return",
+        "resurr",
+        "dormant",
+        "at_risk",
+        "churned",
+        "churn%",
+        "retain%"
     );
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}", x * 100.0));
     for a in &months {
@@ -277,9 +321,18 @@ pub fn render(r: &DemoReport) -> String {
             .insert(c.offset, (c.retained, c.cohort_size));
     }
     if !grid.is_empty() {
-        let _ = writeln!(s, "\nMonthly cohort retention (share of the cohort active k months later):");
+        let _ = writeln!(
+            s,
+            "\nMonthly cohort retention (share of the cohort active k months later):"
+        );
         let shades = [' ', '░', '▒', '▓', '█'];
-        let max_k = grid.values().flat_map(|m| m.keys()).copied().max().unwrap_or(0).min(11);
+        let max_k = grid
+            .values()
+            .flat_map(|m| m.keys())
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .min(11);
         let _ = write!(s, "  {:<7} {:>5} ", "cohort", "size");
         for k in 0..=max_k {
             let _ = write!(s, "{k:>4}");

@@ -310,7 +310,9 @@ impl Engine {
             if e.customer_id.len() > MAX_ID_BYTES || e.event_id.len() > MAX_ID_BYTES {
                 Err(DecodeError::InvalidField {
                     field: "customer_id",
-                    reason: format!("customer_id and event_id must be at most {MAX_ID_BYTES} bytes"),
+                    reason: format!(
+                        "customer_id and event_id must be at most {MAX_ID_BYTES} bytes"
+                    ),
                 })
             } else {
                 Ok(e)
@@ -384,7 +386,11 @@ impl Engine {
         fold::apply_event(profile, event, rules, scratch);
         let after = fold::next_deadline(profile, rules);
         entry.changed = true;
-        state.seen.entry(customer.to_string()).or_default().push(hash);
+        state
+            .seen
+            .entry(customer.to_string())
+            .or_default()
+            .push(hash);
         if before != after {
             if let Some(d) = before {
                 state.pending_timers.remove(&(d, customer.to_string()));
@@ -420,11 +426,7 @@ impl Engine {
         {
             return Ok(true);
         }
-        if state
-            .dirty
-            .get(customer)
-            .is_some_and(|d| d.forget_seen)
-        {
+        if state.dirty.get(customer).is_some_and(|d| d.forget_seen) {
             // Erased in this step: the store's entries are about to be forgotten.
             return Ok(false);
         }
@@ -441,10 +443,10 @@ impl Engine {
             return Ok(());
         }
         let profile = match self.store.profile(partition, customer)? {
-            Some(bytes) => Some(decode_profile(&bytes).map_err(|reason| EngineError::Corrupt {
-                partition,
-                reason,
-            })?),
+            Some(bytes) => Some(
+                decode_profile(&bytes)
+                    .map_err(|reason| EngineError::Corrupt { partition, reason })?,
+            ),
             None => None,
         };
         let stored_deadline = profile
@@ -471,7 +473,11 @@ impl Engine {
         let rules = self.config.rules.clone();
         let state = self.state_mut(partition)?;
         if let Some(entry) = state.dirty.get_mut(customer) {
-            if let Some(d) = entry.profile.as_ref().and_then(|p| fold::next_deadline(p, &rules)) {
+            if let Some(d) = entry
+                .profile
+                .as_ref()
+                .and_then(|p| fold::next_deadline(p, &rules))
+            {
                 state.pending_timers.remove(&(d, customer.to_string()));
             }
             entry.profile = None;
@@ -494,7 +500,12 @@ impl Engine {
     }
 
     /// Records event time and advances the watermark (live policy).
-    fn observe_time(&mut self, partition: u32, t: i64, out: &mut Outputs) -> Result<(), EngineError> {
+    fn observe_time(
+        &mut self,
+        partition: u32,
+        t: i64,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
         self.note_time(partition, t);
         let lateness = self.config.allowed_lateness_ms;
         let max = self
@@ -572,7 +583,10 @@ impl Engine {
                     .cloned(),
             );
         }
-        let floor = self.partitions.get(&partition).and_then(|s| s.store_timer_floor);
+        let floor = self
+            .partitions
+            .get(&partition)
+            .and_then(|s| s.store_timer_floor);
         let mut more = false;
         if floor.is_some_and(|f| f < before) {
             // The store index may hold due timers; those of customers loaded in
@@ -642,9 +656,7 @@ impl Engine {
     }
 
     fn dirty_len(&self, partition: u32) -> usize {
-        self.partitions
-            .get(&partition)
-            .map_or(0, |s| s.dirty.len())
+        self.partitions.get(&partition).map_or(0, |s| s.dirty.len())
     }
 
     fn store_timer_floor(&self, partition: u32) -> Result<Option<i64>, EngineError> {
@@ -703,10 +715,11 @@ impl Engine {
                 batch.set_offset(partition, next);
             }
             if state.clock_dirty {
-                let clock = postcard::to_stdvec(&state.clock).map_err(|e| EngineError::Corrupt {
-                    partition,
-                    reason: format!("clock: {e}"),
-                })?;
+                let clock =
+                    postcard::to_stdvec(&state.clock).map_err(|e| EngineError::Corrupt {
+                        partition,
+                        reason: format!("clock: {e}"),
+                    })?;
                 batch.put_meta(partition, META_CLOCK, &clock);
                 state.clock_dirty = false;
             }

@@ -182,7 +182,9 @@ pub fn apply_event(p: &mut Profile, e: &InteractionEvent, r: &Rules, out: &mut F
         p.last_activity_at = Some(p.last_activity_at.map_or(t, |l| l.max(t)));
         match p.activity {
             None => activity_change = Some("first_activity"),
-            Some(Activity::AtRisk) | Some(Activity::Churned) => activity_change = Some("reactivated"),
+            Some(Activity::AtRisk) | Some(Activity::Churned) => {
+                activity_change = Some("reactivated")
+            }
             Some(Activity::Active) => {}
         }
         p.activity = Some(Activity::Active);
@@ -321,8 +323,7 @@ fn complete_order(p: &mut Profile, e: &InteractionEvent, r: &Rules, out: &mut Fo
         return;
     }
     if let Some(id) = &e.order_id {
-        if p
-            .orders
+        if p.orders
             .iter()
             .any(|o| !o.void && o.order_id.as_deref() == Some(id))
         {
@@ -330,7 +331,10 @@ fn complete_order(p: &mut Profile, e: &InteractionEvent, r: &Rules, out: &mut Fo
             return;
         }
     }
-    let currency = e.currency.clone().unwrap_or_else(|| NO_CURRENCY.to_string());
+    let currency = e
+        .currency
+        .clone()
+        .unwrap_or_else(|| NO_CURRENCY.to_string());
     let t = e.occurred_at;
     p.orders.push(OrderRecord {
         order_id: e.order_id.clone(),

@@ -270,10 +270,20 @@ impl OutputSink {
     fn send_outputs(&self, out: &Outputs, raw: &[RawRecord]) -> anyhow::Result<()> {
         for t in &out.transitions {
             let payload = self.encoder.encode(t)?;
-            self.send(&self.transitions_topic, t.customer_id.as_bytes(), &payload, None);
+            self.send(
+                &self.transitions_topic,
+                t.customer_id.as_bytes(),
+                &payload,
+                None,
+            );
         }
         for p in &out.partials {
-            self.send(&self.partials_topic, partial_key(p).as_bytes(), &p.encode(), None);
+            self.send(
+                &self.partials_topic,
+                partial_key(p).as_bytes(),
+                &p.encode(),
+                None,
+            );
         }
         for (dl, r) in out.dead_letters.iter().zip(raw) {
             let mut h = OwnedHeaders::new();
@@ -286,11 +296,26 @@ impl OutputSink {
             let part = dl.partition.to_string();
             let off = dl.offset.to_string();
             h = h
-                .insert(Header { key: "siklus.error", value: Some(dl.reason.as_bytes()) })
-                .insert(Header { key: "siklus.error.kind", value: Some(dl.kind.as_bytes()) })
-                .insert(Header { key: "siklus.source.topic", value: Some(self.input_topic.as_bytes()) })
-                .insert(Header { key: "siklus.source.partition", value: Some(part.as_bytes()) })
-                .insert(Header { key: "siklus.source.offset", value: Some(off.as_bytes()) });
+                .insert(Header {
+                    key: "siklus.error",
+                    value: Some(dl.reason.as_bytes()),
+                })
+                .insert(Header {
+                    key: "siklus.error.kind",
+                    value: Some(dl.kind.as_bytes()),
+                })
+                .insert(Header {
+                    key: "siklus.source.topic",
+                    value: Some(self.input_topic.as_bytes()),
+                })
+                .insert(Header {
+                    key: "siklus.source.partition",
+                    value: Some(part.as_bytes()),
+                })
+                .insert(Header {
+                    key: "siklus.source.offset",
+                    value: Some(off.as_bytes()),
+                });
             let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.dlq_topic).headers(h);
             if let Some(k) = &r.key {
                 record = record.key(k.as_slice());
@@ -306,7 +331,10 @@ impl OutputSink {
                         self.producer.poll(Duration::from_millis(10));
                     }
                     Err((e, _)) => {
-                        self.producer.context().failures.fetch_add(1, Ordering::Relaxed);
+                        self.producer
+                            .context()
+                            .failures
+                            .fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "cannot produce a dead letter");
                         break;
                     }
@@ -318,10 +346,20 @@ impl OutputSink {
 
     fn send_aggregates(&self, aggs: &[Aggregate], cells: &[CohortCell]) -> anyhow::Result<()> {
         for a in aggs {
-            self.send(&self.aggregates_topic, a.key().as_bytes(), &serde_json::to_vec(a)?, None);
+            self.send(
+                &self.aggregates_topic,
+                a.key().as_bytes(),
+                &serde_json::to_vec(a)?,
+                None,
+            );
         }
         for c in cells {
-            self.send(&self.cohorts_topic, c.key().as_bytes(), &serde_json::to_vec(c)?, None);
+            self.send(
+                &self.cohorts_topic,
+                c.key().as_bytes(),
+                &serde_json::to_vec(c)?,
+                None,
+            );
         }
         Ok(())
     }
@@ -349,7 +387,11 @@ fn partial_key(p: &Partial) -> String {
     match p {
         Partial::Window {
             granularity, start, ..
-        } => format!("{}/{}", granularity.as_str(), crate::time::format_rfc3339(*start)),
+        } => format!(
+            "{}/{}",
+            granularity.as_str(),
+            crate::time::format_rfc3339(*start)
+        ),
         Partial::Progress { partition, .. } => format!("progress/{partition}"),
     }
 }
@@ -381,7 +423,10 @@ impl Worker {
         for p in self.engine.assigned() {
             if let Some(wm) = self.engine.clock(p).and_then(|c| c.watermark) {
                 if self.announced.get(&p) != Some(&wm) {
-                    self.out.partials.push(Partial::Progress { partition: p, watermark: wm });
+                    self.out.partials.push(Partial::Progress {
+                        partition: p,
+                        watermark: wm,
+                    });
                     self.announced.insert(p, wm);
                 }
             }
@@ -398,10 +443,15 @@ impl Worker {
             self.engine.rollback()?;
             return Err(e);
         }
-        self.metrics.transitions_out.fetch_add(self.out.transitions.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .transitions_out
+            .fetch_add(self.out.transitions.len() as u64, Ordering::Relaxed);
         self.steps += 1;
         if self.abort_after_steps.is_some_and(|n| self.steps >= n) {
-            tracing::error!(steps = self.steps, "fault injection: aborting before the state write");
+            tracing::error!(
+                steps = self.steps,
+                "fault injection: aborting before the state write"
+            );
             std::process::abort();
         }
         self.out.clear();
@@ -427,10 +477,11 @@ impl Worker {
     }
 
     /// Seeks every assigned partition back to its stored offset (after a failed step).
-    fn rewind(&self, consumer: &BaseConsumer<impl ConsumerContext>) {
+    fn rewind(&self, consumer: &BaseConsumer<impl ConsumerContext>, rewind: i64) {
         for p in self.engine.assigned() {
-            let off = self.engine.next_offset(p).map_or(Offset::Beginning, Offset::Offset);
-            if let Err(e) = consumer.seek(&self.input_topic, p as i32, off, Duration::from_secs(10)) {
+            let off = start_offset(self.engine.next_offset(p), rewind);
+            if let Err(e) = consumer.seek(&self.input_topic, p as i32, off, Duration::from_secs(10))
+            {
                 warn!(partition = p, error = %e, "seek after a failed step");
             }
         }
@@ -443,6 +494,22 @@ struct InputContext {
     worker: Arc<Mutex<Worker>>,
     topic: String,
     failed: AtomicBool,
+    rewind: i64,
+}
+
+/// Where to start reading a partition whose state ends at `next`.
+fn start_offset(next: Option<i64>, rewind: i64) -> Offset {
+    match next {
+        None => Offset::Beginning,
+        Some(n) if rewind > 0 => {
+            if n - rewind <= 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(n - rewind)
+            }
+        }
+        Some(n) => Offset::Offset(n),
+    }
 }
 
 impl ClientContext for InputContext {}
@@ -454,7 +521,10 @@ impl ConsumerContext for InputContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut w = lock(&self.worker);
@@ -470,13 +540,15 @@ impl ConsumerContext for InputContext {
                         self.failed.store(true, Ordering::SeqCst);
                         continue;
                     }
-                    let off = w.engine.next_offset(p as u32).map_or(Offset::Beginning, Offset::Offset);
+                    let off = start_offset(w.engine.next_offset(p as u32), self.rewind);
                     if let Err(e) = tpl.set_partition_offset(&self.topic, p, off) {
                         warn!(partition = p, error = %e, "cannot set start offset");
                     }
                     info!(partition = p, offset = ?off, "partition assigned");
                 }
-                w.metrics.assigned.store(w.engine.assigned().len() as u64, Ordering::Relaxed);
+                w.metrics
+                    .assigned
+                    .store(w.engine.assigned().len() as u64, Ordering::Relaxed);
                 drop(w);
                 let r = if cooperative {
                     consumer.incremental_assign(tpl)
@@ -498,7 +570,9 @@ impl ConsumerContext for InputContext {
                     w.announced.remove(&(e.partition() as u32));
                     info!(partition = e.partition(), "partition revoked");
                 }
-                w.metrics.assigned.store(w.engine.assigned().len() as u64, Ordering::Relaxed);
+                w.metrics
+                    .assigned
+                    .store(w.engine.assigned().len() as u64, Ordering::Relaxed);
                 drop(w);
                 let r = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -529,17 +603,26 @@ struct MergeContext {
     store: Arc<Store>,
     state: Arc<Mutex<Option<MergeState>>>,
     partitions: u32,
+    rewind: i64,
 }
 
 impl ClientContext for MergeContext {}
 
 impl ConsumerContext for MergeContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let loaded = self.load();
-                let off = loaded.as_ref().map_or(Offset::Beginning, |s| Offset::Offset(s.next_offset));
+                let off = start_offset(loaded.as_ref().map(|s| s.next_offset), self.rewind);
                 let parts: Vec<(String, i32)> = tpl
                     .elements()
                     .iter()
@@ -554,13 +637,21 @@ impl ConsumerContext for MergeContext {
                     progress: BTreeMap::new(),
                 }));
                 info!(offset = ?off, "merge stage assigned");
-                let _ = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                let _ = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Its state is already stored at the last delivered point.
                 *lock(&self.state) = None;
                 info!("merge stage revoked");
-                let _ = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let _ = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
             }
             _ => {
                 let _ = consumer.unassign();
@@ -638,6 +729,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             worker: worker.clone(),
             topic: cfg.topics.input.clone(),
             failed: AtomicBool::new(false),
+            rewind: cfg.processor.resume_rewind,
         })
         .context("creating the input consumer")?;
     consumer.subscribe(&[&cfg.topics.input])?;
@@ -655,6 +747,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             store: store.clone(),
             state: merge_state.clone(),
             partitions: partitions as u32,
+            rewind: cfg.processor.resume_rewind,
         })
         .context("creating the merge consumer")?;
     merge_consumer.subscribe(&[&cfg.partials_topic()])?;
@@ -682,6 +775,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     // of the log, so "caught up" also needs a quiet period with no records.
     let quiet = Duration::from_millis(1_500);
     let mut last_input = Instant::now();
+    let mut last_assigned: Vec<u32> = Vec::new();
     let mut last_merge_input = Instant::now();
     metrics.ready.store(true, Ordering::Relaxed);
 
@@ -694,7 +788,9 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         let mut n = 0usize;
         let mut timeout = Duration::from_millis(100);
         while n < cfg.processor.max_batch {
-            let Some(msg) = consumer.poll(timeout) else { break };
+            let Some(msg) = consumer.poll(timeout) else {
+                break;
+            };
             timeout = Duration::ZERO;
             match msg {
                 Ok(m) => {
@@ -725,9 +821,16 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             })?;
             if opts.stop_at_end && !ended {
                 let assigned = w.engine.assigned();
+                if assigned != last_assigned {
+                    // New partitions have not been fetched yet: not quiet.
+                    last_input = Instant::now();
+                    last_assigned = assigned.clone();
+                }
                 let caught_up = !assigned.is_empty()
                     && ends.iter().all(|(p, high)| {
-                        !assigned.contains(p) || *high == 0 || w.engine.next_offset(*p).is_some_and(|n| n >= *high)
+                        !assigned.contains(p)
+                            || *high == 0
+                            || w.engine.next_offset(*p).is_some_and(|n| n >= *high)
                     })
                     && assigned.len() == ends.len()
                     && last_input.elapsed() >= quiet;
@@ -747,7 +850,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                 if let Err(e) = w.commit_step(&consumer) {
                     warn!(error = %e, "step failed; redoing it from the stored offsets");
                     metrics.failed_steps.fetch_add(1, Ordering::Relaxed);
-                    w.rewind(&consumer);
+                    w.rewind(&consumer, cfg.processor.resume_rewind);
                 }
                 last_commit = Instant::now();
             }
@@ -759,7 +862,8 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             bail!("a partition's state could not be loaded");
         }
         // The merge stage, when this instance owns it.
-        let (got, aggs, cells) = merge_step(&merge_consumer, &merge_state, &store, &sink, idle_timeout)?;
+        let (got, aggs, cells) =
+            merge_step(&merge_consumer, &merge_state, &store, &sink, idle_timeout)?;
         if got > 0 {
             last_merge_input = Instant::now();
         }
@@ -793,11 +897,29 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     Ok(summary)
 }
 
-fn handle_message(w: &mut Worker, decoder: &Decoder, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+fn handle_message(
+    w: &mut Worker,
+    decoder: &Decoder,
+    m: &BorrowedMessage<'_>,
+) -> anyhow::Result<()> {
     let partition = m.partition() as u32;
     let offset = m.offset();
     if w.engine.skip_if_applied(partition, offset) {
         return Ok(());
+    }
+    if let Some(next) = w.engine.next_offset(partition) {
+        if offset > next {
+            // Records the broker never delivered (or transaction markers).
+            w.metrics
+                .offset_gaps
+                .fetch_add((offset - next) as u64, Ordering::Relaxed);
+            warn!(
+                partition,
+                expected = next,
+                got = offset,
+                "gap in input offsets"
+            );
+        }
     }
     let decoded = match m.payload() {
         None => Err(DecodeError::MissingField("value")),
@@ -869,7 +991,9 @@ fn advance_idle(
         .iter()
         .filter_map(|p| w.engine.clock(*p).and_then(|c| c.watermark))
         .min();
-    let Some(target) = active_min else { return Ok(()) };
+    let Some(target) = active_min else {
+        return Ok(());
+    };
     let mut out = std::mem::take(&mut w.out);
     for p in idle_parts {
         w.engine.advance_watermark(p, target, &mut out)?;
@@ -887,7 +1011,9 @@ fn merge_step(
 ) -> anyhow::Result<(u64, u64, u64)> {
     let mut got = 0u64;
     while got < 10_000 {
-        let Some(msg) = consumer.poll(Duration::ZERO) else { break };
+        let Some(msg) = consumer.poll(Duration::ZERO) else {
+            break;
+        };
         let m = match msg {
             Ok(m) => m,
             Err(e) => {
@@ -905,8 +1031,15 @@ fn merge_step(
         let Some(payload) = m.payload() else { continue };
         match Partial::decode(payload) {
             Ok(p) => {
-                if let Partial::Progress { partition, watermark } = &p {
-                    let moved = s.progress.get(partition).is_none_or(|(w, _)| w != watermark);
+                if let Partial::Progress {
+                    partition,
+                    watermark,
+                } = &p
+                {
+                    let moved = s
+                        .progress
+                        .get(partition)
+                        .is_none_or(|(w, _)| w != watermark);
                     if moved {
                         s.progress.insert(*partition, (*watermark, Instant::now()));
                         s.merger.set_idle(*partition, false);
@@ -918,7 +1051,9 @@ fn merge_step(
         }
     }
     let mut guard = lock(state);
-    let Some(s) = guard.as_mut() else { return Ok((got, 0, 0)) };
+    let Some(s) = guard.as_mut() else {
+        return Ok((got, 0, 0));
+    };
     // A partition whose watermark has not moved for the idle timeout, while
     // another's has, stops holding the job watermark back.
     let newest = s.progress.values().map(|(_, t)| *t).max();
@@ -938,7 +1073,10 @@ fn merge_step(
     sink.send_aggregates(&aggs, &cells)?;
     sink.flush()?;
     let mut b = Batch::new();
-    b.put_global(MERGE_STATE, &postcard::to_stdvec(&s.merger).map_err(|e| anyhow!("merge state: {e}"))?);
+    b.put_global(
+        MERGE_STATE,
+        &postcard::to_stdvec(&s.merger).map_err(|e| anyhow!("merge state: {e}"))?,
+    );
     b.put_global(MERGE_OFFSET, &s.next_offset.to_be_bytes());
     store.write(b)?;
     Ok((got, aggs.len() as u64, cells.len() as u64))

@@ -7,15 +7,15 @@
 
 pub mod aggregate;
 pub mod codec;
-pub mod fold;
-pub mod model;
-pub mod rules;
-pub mod time;
-pub mod engine;
 pub mod config;
-pub mod kafka;
-pub mod metrics;
-pub mod replay;
 pub mod demo;
+pub mod engine;
+pub mod fold;
 pub mod generator;
 pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod model;
+pub mod replay;
+pub mod rules;
+pub mod time;

@@ -142,7 +142,8 @@ fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
         .spawn(move || {
             rt.block_on(async move {
                 let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
                         Ok(s) => s,
                         Err(_) => return,
                     };
@@ -160,7 +161,8 @@ fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let load = || Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"));
+    let load =
+        || Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"));
     match cli.command {
         Command::Run {
             brokers,
@@ -235,7 +237,8 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("opening {}", dir.display()))?;
             match store.find_profile(&customer_id)? {
                 Some((partition, bytes)) => {
-                    let profile = siklus::engine::decode_profile(&bytes).map_err(anyhow::Error::msg)?;
+                    let profile =
+                        siklus::engine::decode_profile(&bytes).map_err(anyhow::Error::msg)?;
                     let view = serde_json::json!({
                         "customer_id": customer_id,
                         "partition": partition,
@@ -246,7 +249,10 @@ fn main() -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&view)?);
                 }
                 None => {
-                    eprintln!("no profile for customer {customer_id:?} in {}", dir.display());
+                    eprintln!(
+                        "no profile for customer {customer_id:?} in {}",
+                        dir.display()
+                    );
                     std::process::exit(1);
                 }
             }
@@ -258,7 +264,8 @@ fn main() -> anyhow::Result<()> {
             output,
         } => {
             use std::io::Write as _;
-            let f = std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
+            let f = std::fs::File::create(&output)
+                .with_context(|| format!("creating {}", output.display()))?;
             let mut w = std::io::BufWriter::new(f);
             let mut n = 0u64;
             for e in siklus::generator::Generator::new(siklus::generator::GeneratorConfig {
@@ -274,7 +281,9 @@ fn main() -> anyhow::Result<()> {
             w.flush()?;
             eprintln!("wrote {n} events to {}", output.display());
         }
-        Command::Config { command: ConfigCommand::Check } => {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
             let cfg = load()?;
             println!("{}", toml_string(&cfg)?);
             eprintln!("configuration is valid");
@@ -285,9 +294,11 @@ fn main() -> anyhow::Result<()> {
 
 fn parse_until(until: Option<&str>) -> anyhow::Result<Option<i64>> {
     match until {
-        Some(u) => Ok(Some(
-            parse_rfc3339(u).with_context(|| format!("--until {u:?} is not RFC 3339"))?,
-        )),
+        Some(u) => {
+            Ok(Some(parse_rfc3339(u).with_context(|| {
+                format!("--until {u:?} is not RFC 3339")
+            })?))
+        }
         None => Ok(None),
     }
 }

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub consumer_errors: AtomicU64,
     /// Customers erased.
     pub erasures: AtomicU64,
+    /// Input offsets skipped by the broker between two records of a partition.
+    pub offset_gaps: AtomicU64,
     /// Input partitions assigned to this instance.
     pub assigned: AtomicU64,
     /// Whether the processor is consuming (for `/readyz`).
@@ -50,7 +52,8 @@ impl Metrics {
         self.duplicates.store(c.duplicates, Ordering::Relaxed);
         self.late_events.store(c.late_events, Ordering::Relaxed);
         self.unknown_types.store(c.unknown_types, Ordering::Relaxed);
-        self.skipped_offsets.store(c.skipped_offsets, Ordering::Relaxed);
+        self.skipped_offsets
+            .store(c.skipped_offsets, Ordering::Relaxed);
         self.timers_fired.store(c.timers_fired, Ordering::Relaxed);
         self.erasures.store(c.erasures, Ordering::Relaxed);
     }
@@ -58,7 +61,8 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let rows: [(&str, &str, &AtomicU64, &str); 14] = [
+        let rows: [(&str, &str, &AtomicU64, &str); 15] = [
+            ("siklus_input_offset_gaps_total", "Input offsets never delivered between two records (transaction markers or a broker fault)", &self.offset_gaps, "counter"),
             ("siklus_records_in_total", "Records read from the input topic", &self.events_in, "counter"),
             ("siklus_events_applied_total", "Events applied to profiles", &self.events_applied, "counter"),
             ("siklus_transitions_out_total", "Stage transitions delivered", &self.transitions_out, "counter"),
@@ -75,7 +79,11 @@ impl Metrics {
             ("siklus_assigned_partitions", "Input partitions assigned", &self.assigned, "gauge"),
         ];
         for (name, help, v, kind) in rows {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         s
     }
@@ -90,6 +98,7 @@ mod tests {
         let m = Metrics::default();
         m.dead_letters.store(3, Ordering::Relaxed);
         let text = m.render();
-        assert!(text.contains("# TYPE siklus_dead_letters_total counter\nsiklus_dead_letters_total 3\n"));
+        assert!(text
+            .contains("# TYPE siklus_dead_letters_total counter\nsiklus_dead_letters_total 3\n"));
     }
 }

@@ -114,7 +114,11 @@ impl FileOutputs {
     }
 
     /// Writes closed windows.
-    pub fn write_aggregates(&mut self, aggs: &[Aggregate], cells: &[CohortCell]) -> anyhow::Result<()> {
+    pub fn write_aggregates(
+        &mut self,
+        aggs: &[Aggregate],
+        cells: &[CohortCell],
+    ) -> anyhow::Result<()> {
         for a in aggs {
             serde_json::to_writer(&mut self.aggregates, a)?;
             self.aggregates.write_all(b"\n")?;
@@ -159,9 +163,12 @@ fn write_dead_letter(w: &mut impl Write, dl: &DeadLetter, raw: &str) -> anyhow::
     Ok(())
 }
 
-/// Reads input records: each a decoded event or the reason it is bad, with
-/// its raw text (for the dead-letter file).
-pub fn read_input(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = (Result<InteractionEvent, DecodeError>, String)>>> {
+/// One input record: the decoded event or why it is bad, and its raw text
+/// (kept only for bad records, for the dead-letter file).
+pub type InputRecord = (Result<InteractionEvent, DecodeError>, String);
+
+/// Reads input records from a JSONL or Avro container file.
+pub fn read_input(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = InputRecord>>> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic)?;
@@ -173,24 +180,29 @@ pub fn read_input(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = (Result
         return Ok(Box::new(it.map(|r| (r, String::new()))));
     }
     let reader = BufReader::with_capacity(1 << 20, f);
-    Ok(Box::new(reader.split(b'\n').filter_map(|line| match line {
-        Ok(mut l) => {
-            if l.last() == Some(&b'\r') {
-                l.pop();
+    Ok(Box::new(reader.split(b'\n').filter_map(
+        |line| match line {
+            Ok(mut l) => {
+                if l.last() == Some(&b'\r') {
+                    l.pop();
+                }
+                if l.iter().all(u8::is_ascii_whitespace) {
+                    return None;
+                }
+                let decoded = codec::decode_json_line(&l);
+                let raw = if decoded.is_err() {
+                    String::from_utf8_lossy(&l).into_owned()
+                } else {
+                    String::new()
+                };
+                Some((decoded, raw))
             }
-            if l.iter().all(u8::is_ascii_whitespace) {
-                return None;
-            }
-            let decoded = codec::decode_json_line(&l);
-            let raw = if decoded.is_err() {
-                String::from_utf8_lossy(&l).into_owned()
-            } else {
-                String::new()
-            };
-            Some((decoded, raw))
-        }
-        Err(e) => Some((Err(DecodeError::NotJson(format!("read error: {e}"))), String::new())),
-    })))
+            Err(e) => Some((
+                Err(DecodeError::NotJson(format!("read error: {e}"))),
+                String::new(),
+            )),
+        },
+    )))
 }
 
 /// Runs a file replay.

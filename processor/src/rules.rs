@@ -58,7 +58,9 @@ impl Rules {
             return Err("rules.churn_after_ms must be greater than rules.at_risk_after_ms".into());
         }
         if self.loyal_orders < 3 {
-            return Err("rules.loyal_orders must be at least 3 (developing is the second order)".into());
+            return Err(
+                "rules.loyal_orders must be at least 3 (developing is the second order)".into(),
+            );
         }
         if self.loyal_window_ms <= 0 {
             return Err("rules.loyal_window_ms must be positive".into());

@@ -101,8 +101,8 @@ impl Granularity {
 
 fn year_month(t: i64) -> (i32, u32) {
     let days = t.div_euclid(DAY_MS);
-    let date = NaiveDate::from_num_days_from_ce_opt((days + 719_163) as i32)
-        .unwrap_or(NaiveDate::MIN);
+    let date =
+        NaiveDate::from_num_days_from_ce_opt((days + 719_163) as i32).unwrap_or(NaiveDate::MIN);
     (date.year(), date.month())
 }
 
@@ -162,7 +162,10 @@ mod tests {
             Granularity::Month.prev(ms("2024-03-01T00:00:00Z")),
             ms("2024-02-01T00:00:00Z")
         );
-        assert_eq!(Granularity::Month.offset(dec, ms("2024-03-01T00:00:00Z")), 3);
+        assert_eq!(
+            Granularity::Month.offset(dec, ms("2024-03-01T00:00:00Z")),
+            3
+        );
     }
 
     #[test]

@@ -54,7 +54,8 @@ impl Broker {
             let port = free_port();
             let addr = format!("127.0.0.1:{port}");
             let url = format!("tcp://{addr}");
-            let log = std::fs::File::create(dir.path().join(format!("tansu-{port}.log"))).expect("log file");
+            let log = std::fs::File::create(dir.path().join(format!("tansu-{port}.log")))
+                .expect("log file");
             let child = Command::new(tansu_bin())
                 .arg("broker")
                 .env("LISTENER_URL", &url)
@@ -69,7 +70,11 @@ impl Broker {
                         tansu_bin().display()
                     )
                 });
-            let mut b = Broker { child, addr, _dir: tempfile::tempdir().expect("tempdir") };
+            let mut b = Broker {
+                child,
+                addr,
+                _dir: tempfile::tempdir().expect("tempdir"),
+            };
             if b.wait_ready(Duration::from_secs(20)) {
                 b._dir = dir;
                 return b;
@@ -117,8 +122,14 @@ impl Broker {
         let c: BaseConsumer = self.client().create().expect("client");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let md = c.fetch_metadata(Some(name), Duration::from_secs(5)).expect("metadata");
-            if md.topics().first().is_some_and(|t| t.partitions().len() == partitions as usize) {
+            let md = c
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .expect("metadata");
+            if md
+                .topics()
+                .first()
+                .is_some_and(|t| t.partitions().len() == partitions as usize)
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "topic {name} did not appear");
@@ -157,14 +168,19 @@ impl Broker {
             .set("enable.auto.commit", "false")
             .create()
             .expect("consumer");
-        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
         let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
         let mut tpl = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
         for p in 0..parts {
-            let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+            let (_, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
             ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("tpl");
         }
         c.assign(&tpl).expect("assign");
         let mut pos: BTreeMap<i32, i64> = BTreeMap::new();
@@ -174,7 +190,9 @@ impl Broker {
         // (the last batch's base offset + 1), so also wait for a quiet period.
         let mut last = Instant::now();
         loop {
-            let behind = ends.iter().any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h);
+            let behind = ends
+                .iter()
+                .any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h);
             if !behind && last.elapsed() > Duration::from_millis(1500) {
                 break;
             }
@@ -192,7 +210,12 @@ impl Broker {
                         .headers()
                         .map(|hs| {
                             hs.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        h.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                                    )
+                                })
                                 .collect()
                         })
                         .unwrap_or_default(),
@@ -228,7 +251,10 @@ pub struct Record {
 impl Record {
     /// A header's value.
     pub fn header(&self, key: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_deref())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
     }
 }
 
@@ -242,8 +268,14 @@ fn tokio_rt() -> tokio::runtime::Runtime {
 /// A name unique to this process and moment.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
-    format!("{prefix}-{}-{t}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!(
+        "{prefix}-{}-{t}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The `siklus` binary built with this workspace.
@@ -267,9 +299,10 @@ pub fn siklus_bin() -> PathBuf {
 pub fn write_config(dir: &Path, broker: &Broker, input: &str, group: &str, extra: &str) -> PathBuf {
     let p = dir.join("siklus.toml");
     let text = format!(
-        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n\n[topics]\ninput = \"{input}\"\ntransitions = \"{group}.transitions\"\naggregates = \"{group}.aggregates\"\ncohorts = \"{group}.cohorts\"\ndlq = \"{group}.dlq\"\n\n[processor]\ngroup_id = \"{group}\"\nstate_dir = \"{}\"\ncommit_interval_ms = 200\nidle_timeout_ms = 2000\n{extra}\n",
+        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n\n[topics]\ninput = \"{input}\"\ntransitions = \"{group}.transitions\"\naggregates = \"{group}.aggregates\"\ncohorts = \"{group}.cohorts\"\ndlq = \"{group}.dlq\"\n\n[processor]\ngroup_id = \"{group}\"\nstate_dir = \"{}\"\ncommit_interval_ms = 200\n{idle}# tansu 0.6 cannot fetch from the middle of a batch\nresume_rewind = 1000000\n{extra}\n",
         broker.addr,
-        dir.join("state").display()
+        dir.join("state").display(),
+        idle = if extra.contains("idle_timeout_ms") { "" } else { "idle_timeout_ms = 2000\n" },
     );
     std::fs::write(&p, text).expect("write config");
     p
@@ -277,9 +310,19 @@ pub fn write_config(dir: &Path, broker: &Broker, input: &str, group: &str, extra
 
 /// Starts `siklus run` as a child process.
 pub fn spawn_run(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Child {
-    let log = std::fs::File::create(config.with_extension("log")).expect("log");
+    // Appends, so the logs of every run against one state dir are kept.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))
+        .expect("log");
     let mut cmd = Command::new(siklus_bin());
-    cmd.arg("--config").arg(config).arg("run").args(args).stdout(Stdio::null()).stderr(log);
+    cmd.arg("--config")
+        .arg(config)
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log);
     for (k, v) in envs {
         cmd.env(k, v);
     }

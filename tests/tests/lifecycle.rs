@@ -13,9 +13,21 @@ fn ev(id: &str, customer: &str, ty: &str, at: &str) -> InteractionEvent {
         customer_id: customer.into(),
         event_type: ty.into(),
         occurred_at: siklus::time::parse_rfc3339(at).expect("time"),
-        amount_minor: if ty == "order.completed" { Some(2500) } else { None },
-        currency: if ty == "order.completed" { Some("EUR".into()) } else { None },
-        order_id: if ty == "order.completed" { Some(format!("o-{id}")) } else { None },
+        amount_minor: if ty == "order.completed" {
+            Some(2500)
+        } else {
+            None
+        },
+        currency: if ty == "order.completed" {
+            Some("EUR".into())
+        } else {
+            None
+        },
+        order_id: if ty == "order.completed" {
+            Some(format!("o-{id}"))
+        } else {
+            None
+        },
         ..Default::default()
     }
 }
@@ -58,14 +70,28 @@ fn events_become_transitions_and_poison_goes_to_the_dlq() {
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &broker, &input, &group, "");
-    let mut child = spawn_run(&cfg, &["--stop-at-end", "--until", "2024-07-01T00:00:00Z"], &[]);
-    let status = wait_exit(&mut child, Duration::from_secs(120), &cfg.with_extension("log"));
-    assert!(status.success(), "siklus failed: {}", std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default());
+    let mut child = spawn_run(
+        &cfg,
+        &["--stop-at-end", "--until", "2024-07-01T00:00:00Z"],
+        &[],
+    );
+    let status = wait_exit(
+        &mut child,
+        Duration::from_secs(120),
+        &cfg.with_extension("log"),
+    );
+    assert!(
+        status.success(),
+        "siklus failed: {}",
+        std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default()
+    );
 
     let out: Vec<StageTransition> = broker
         .read_all(&format!("{group}.transitions"))
         .iter()
-        .map(|r| serde_json::from_slice(r.value.as_deref().expect("value")).expect("transition json"))
+        .map(|r| {
+            serde_json::from_slice(r.value.as_deref().expect("value")).expect("transition json")
+        })
         .collect();
     let mut by: BTreeMap<String, Vec<(String, String, String)>> = BTreeMap::new();
     let mut sorted = out.clone();
@@ -107,14 +133,27 @@ fn events_become_transitions_and_poison_goes_to_the_dlq() {
     // Both poison records are in the DLQ with their original bytes and the reason.
     let dlq = broker.read_all(&format!("{group}.dlq"));
     assert_eq!(dlq.len(), 2, "{dlq:?}");
-    let garbage = dlq.iter().find(|r| r.key.as_deref() == Some(b"alice")).expect("garbage record");
+    let garbage = dlq
+        .iter()
+        .find(|r| r.key.as_deref() == Some(b"alice"))
+        .expect("garbage record");
     assert_eq!(garbage.value.as_deref(), Some(&b"\x00\x01garbage"[..]));
     assert_eq!(garbage.header("siklus.source.topic"), Some(input.as_str()));
     assert!(garbage.header("siklus.source.offset").is_some());
     assert!(garbage.header("siklus.source.partition").is_some());
-    assert!(garbage.header("siklus.error").is_some_and(|e| !e.is_empty()));
-    let dave = dlq.iter().find(|r| r.key.as_deref() == Some(b"dave")).expect("dave record");
-    assert!(dave.header("siklus.error").unwrap_or("").contains("occurred_at"), "{dave:?}");
+    assert!(garbage
+        .header("siklus.error")
+        .is_some_and(|e| !e.is_empty()));
+    let dave = dlq
+        .iter()
+        .find(|r| r.key.as_deref() == Some(b"dave"))
+        .expect("dave record");
+    assert!(
+        dave.header("siklus.error")
+            .unwrap_or("")
+            .contains("occurred_at"),
+        "{dave:?}"
+    );
 
     // The file replay of the same events gives the same transitions.
     let file = dir.path().join("events.jsonl");
@@ -137,13 +176,17 @@ fn events_become_transitions_and_poison_goes_to_the_dlq() {
         },
     )
     .unwrap();
-    let replayed: Vec<StageTransition> = std::fs::read_to_string(replay_out.join("transitions.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let replayed: Vec<StageTransition> =
+        std::fs::read_to_string(replay_out.join("transitions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     let ids = |v: &[StageTransition]| {
-        let mut m: Vec<String> = v.iter().map(|t| serde_json::to_string(t).unwrap()).collect();
+        let mut m: Vec<String> = v
+            .iter()
+            .map(|t| serde_json::to_string(t).unwrap())
+            .collect();
         m.sort();
         m
     };

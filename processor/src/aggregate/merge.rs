@@ -122,6 +122,10 @@ impl Merger {
 
     /// Adds one partial. Partials of different partitions may interleave in
     /// any way; those of one partition must come in the order it sent them.
+    /// A partial from a partition beyond the known count grows the count.
+    /// A window partial for a window already closed here is late: its counts
+    /// are dropped, its events are counted as `late_events` and its gauge
+    /// deltas move to the earliest open window of its granularity.
     pub fn add(&mut self, p: Partial) {
         let partition = p.partition();
         if partition >= self.partitions {
@@ -222,7 +226,7 @@ impl Merger {
         let mut closed_any = false;
         loop {
             let complete = g.end(start) <= limit;
-            if !complete && !incomplete_through.is_some_and(|l| start <= l) {
+            if !complete && incomplete_through.is_none_or(|l| start > l) {
                 break;
             }
             let counts = self.open.remove(&(g, start));

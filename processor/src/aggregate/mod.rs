@@ -62,6 +62,8 @@ pub enum AggregateError {
 }
 
 /// What a partition sends to the merge stage over the internal topic.
+// Almost every partial is a `Window`: boxing its counts would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Partial {
     /// The partition's counts for one window it has closed.
@@ -112,7 +114,7 @@ impl Partial {
 
     /// Encodes as one format version byte followed by postcard.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![PARTIAL_FORMAT];
+        let out = vec![PARTIAL_FORMAT];
         // Serializing into a Vec cannot fail for these plain types.
         match postcard::to_extend(self, out) {
             Ok(v) => v,

@@ -484,13 +484,13 @@ fn late_contribution_changes_no_closed_window() {
     use LifecycleClass::New;
     let a1 = ms("2024-01-01T09:00:00Z");
     let late = ms("2024-01-01T12:00:00Z");
-    let base = vec![Step {
+    let base = Step {
         t: a1,
         customer: 0,
         event: true,
         transitions: vec![tr("A", None, "active", a1)],
         signals: actives(a1, [New; 3], None),
-    }];
+    };
     let late_step = Step {
         t: late,
         customer: 1,
@@ -507,7 +507,7 @@ fn late_contribution_changes_no_closed_window() {
         let mut p = PartitionAggregator::new(0);
         let mut m = Merger::new(1);
         let (mut aggs, mut cells) = (vec![], vec![]);
-        feed(&mut p, &base[0]);
+        feed(&mut p, &base);
         let mut out = vec![];
         p.advance(day("2024-01-03"), &mut out);
         if with_late {
@@ -542,7 +542,7 @@ fn late_contribution_changes_no_closed_window() {
     assert_eq!((j3_clean.late_events, j3_clean.active_at_end), (0, 1));
     // The week is still open: the event is on time there.
     let mut p = PartitionAggregator::new(0);
-    feed(&mut p, &base[0]);
+    feed(&mut p, &base);
     p.advance(day("2024-01-03"), &mut vec![]);
     feed(&mut p, &late_step);
     let mut out = vec![];
@@ -649,10 +649,11 @@ fn merger_grows_partitions() {
         watermark: 10,
     });
     assert_eq!(m.job_watermark(), Some(10));
-    m.set_partitions(2);
-    // Stays: it never goes back, and does not advance until partition 1 reports.
     let (mut aggs, mut cells) = (vec![], vec![]);
     m.drain(&mut aggs, &mut cells);
+    m.set_partitions(2);
+    // Stays: it never goes back, and does not advance until partition 1 reports.
+    assert_eq!(m.job_watermark(), Some(10));
     m.add(Partial::Progress {
         partition: 0,
         watermark: 20,

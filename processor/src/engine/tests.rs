@@ -32,11 +32,18 @@ fn open(dir: &std::path::Path, live: bool) -> Engine {
 
 /// Runs events through an engine, committing every `every` records; returns
 /// every transition and partial.
-fn drive(engine: &mut Engine, events: &[InteractionEvent], every: usize, end: Option<i64>) -> Outputs {
+fn drive(
+    engine: &mut Engine,
+    events: &[InteractionEvent],
+    every: usize,
+    end: Option<i64>,
+) -> Outputs {
     let mut all = Outputs::default();
     let mut out = Outputs::default();
     for (i, e) in events.iter().enumerate() {
-        engine.process(0, i as i64, Ok(e.clone()), &mut out).expect("process");
+        engine
+            .process(0, i as i64, Ok(e.clone()), &mut out)
+            .expect("process");
         if (i + 1) % every == 0 {
             engine.commit().expect("commit");
         }
@@ -67,7 +74,11 @@ fn watermark_fires_timers_of_silent_customers() {
         ev("b1", "bob", "page.viewed", t0 + 40 * DAY_MS),
     ];
     let out = drive(&mut engine, &events, 100, None);
-    let alice: Vec<_> = out.transitions.iter().filter(|t| t.customer_id == "alice").collect();
+    let alice: Vec<_> = out
+        .transitions
+        .iter()
+        .filter(|t| t.customer_id == "alice")
+        .collect();
     let last = alice.last().unwrap();
     assert_eq!(last.to_stage, "at_risk");
     assert_eq!(last.occurred_at, t0 + 30 * DAY_MS);
@@ -79,7 +90,14 @@ fn committed_offsets_are_skipped_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let t0 = at("2024-01-01T00:00:00Z");
     let events: Vec<_> = (0..10)
-        .map(|i| ev(&format!("e{i}"), &format!("c{}", i % 3), "page.viewed", t0 + i * DAY_MS))
+        .map(|i| {
+            ev(
+                &format!("e{i}"),
+                &format!("c{}", i % 3),
+                "page.viewed",
+                t0 + i * DAY_MS,
+            )
+        })
         .collect();
     let first = {
         let mut engine = open(dir.path(), true);
@@ -107,12 +125,25 @@ fn uncommitted_work_is_redone_identically() {
     let dir = tempfile::tempdir().unwrap();
     let t0 = at("2024-01-01T00:00:00Z");
     let events: Vec<_> = (0..8)
-        .map(|i| ev(&format!("e{i}"), "c", if i % 2 == 0 { "page.viewed" } else { "lead.created" }, t0 + i * 20 * DAY_MS))
+        .map(|i| {
+            ev(
+                &format!("e{i}"),
+                "c",
+                if i % 2 == 0 {
+                    "page.viewed"
+                } else {
+                    "lead.created"
+                },
+                t0 + i * 20 * DAY_MS,
+            )
+        })
         .collect();
     let mut engine = open(dir.path(), true);
     let mut out = Outputs::default();
     for (i, e) in events.iter().enumerate() {
-        engine.process(0, i as i64, Ok(e.clone()), &mut out).unwrap();
+        engine
+            .process(0, i as i64, Ok(e.clone()), &mut out)
+            .unwrap();
     }
     let lost = std::mem::take(&mut out.transitions);
     drop(engine); // no commit
@@ -126,7 +157,7 @@ fn duplicates_are_ignored_across_commits() {
     let dir = tempfile::tempdir().unwrap();
     let mut engine = open(dir.path(), true);
     let t0 = at("2024-01-01T00:00:00Z");
-    let events = vec![
+    let events = [
         ev("e1", "c", "order.completed", t0),
         ev("e1", "c", "order.completed", t0),
         ev("e2", "c", "page.viewed", t0 + 1),
@@ -134,7 +165,9 @@ fn duplicates_are_ignored_across_commits() {
     drive(&mut engine, &events[..2], 1, None);
     drive(&mut engine, &[events[0].clone()], 1, None); // offset 0 again: skipped
     let mut out = Outputs::default();
-    engine.process(0, 5, Ok(events[0].clone()), &mut out).unwrap();
+    engine
+        .process(0, 5, Ok(events[0].clone()), &mut out)
+        .unwrap();
     assert_eq!(engine.counters().duplicates, 2);
     assert_eq!(engine.counters().events, 1);
 }
@@ -144,21 +177,55 @@ fn erasure_removes_profile_timers_and_ids() {
     let dir = tempfile::tempdir().unwrap();
     let mut engine = open(dir.path(), true);
     let t0 = at("2024-01-01T00:00:00Z");
-    drive(&mut engine, &[ev("e1", "eve", "account.signed_up", t0)], 1, None);
+    drive(
+        &mut engine,
+        &[ev("e1", "eve", "account.signed_up", t0)],
+        1,
+        None,
+    );
     assert!(engine.store().profile(0, "eve").unwrap().is_some());
     let mut out = Outputs::default();
-    engine.process(0, 1, Ok(ev("x", "eve", "customer.erased", t0 + 1)), &mut out).unwrap();
+    engine
+        .process(
+            0,
+            1,
+            Ok(ev("x", "eve", "customer.erased", t0 + 1)),
+            &mut out,
+        )
+        .unwrap();
     engine.commit().unwrap();
     assert!(engine.store().profile(0, "eve").unwrap().is_none());
-    assert!(engine.store().due_timers(0, i64::MAX, 10).unwrap().is_empty());
+    assert!(engine
+        .store()
+        .due_timers(0, i64::MAX, 10)
+        .unwrap()
+        .is_empty());
     assert!(!engine.store().seen(0, "eve", xxh3_64(b"e1")).unwrap());
     // Much later, a bystander advances time: nothing of eve fires.
-    engine.process(0, 2, Ok(ev("b", "bob", "page.viewed", t0 + 200 * DAY_MS)), &mut out).unwrap();
+    engine
+        .process(
+            0,
+            2,
+            Ok(ev("b", "bob", "page.viewed", t0 + 200 * DAY_MS)),
+            &mut out,
+        )
+        .unwrap();
     assert!(out.transitions.iter().all(|t| t.customer_id != "eve"));
     // A later event for the id starts a new profile, from scratch.
     out.clear();
-    engine.process(0, 3, Ok(ev("e1", "eve", "page.viewed", t0 + 201 * DAY_MS)), &mut out).unwrap();
-    let eve: Vec<_> = out.transitions.iter().filter(|t| t.customer_id == "eve").collect();
+    engine
+        .process(
+            0,
+            3,
+            Ok(ev("e1", "eve", "page.viewed", t0 + 201 * DAY_MS)),
+            &mut out,
+        )
+        .unwrap();
+    let eve: Vec<_> = out
+        .transitions
+        .iter()
+        .filter(|t| t.customer_id == "eve")
+        .collect();
     assert_eq!(eve[0].from_stage, None);
     assert_eq!(eve[0].seq, 1);
 }
@@ -169,9 +236,16 @@ fn bad_records_become_dead_letters_and_processing_goes_on() {
     let mut engine = open(dir.path(), true);
     let mut out = Outputs::default();
     engine
-        .process(0, 0, Err(DecodeError::MissingField("customer_id")), &mut out)
+        .process(
+            0,
+            0,
+            Err(DecodeError::MissingField("customer_id")),
+            &mut out,
+        )
         .unwrap();
-    engine.process(0, 1, Ok(ev("e", "c", "page.viewed", 0)), &mut out).unwrap();
+    engine
+        .process(0, 1, Ok(ev("e", "c", "page.viewed", 0)), &mut out)
+        .unwrap();
     assert_eq!(out.dead_letters.len(), 1);
     assert_eq!(out.dead_letters[0].offset, 0);
     assert_eq!(engine.counters().dead_letters, 1);
@@ -181,30 +255,41 @@ fn bad_records_become_dead_letters_and_processing_goes_on() {
 }
 
 fn arb_population() -> impl Strategy<Value = (Vec<Vec<InteractionEvent>>, Vec<usize>)> {
-    let types = ["page.viewed", "ad.impression", "order.completed", "lead.created", "referral.sent", "order.refunded"];
+    let types = [
+        "page.viewed",
+        "ad.impression",
+        "order.completed",
+        "lead.created",
+        "referral.sent",
+        "order.refunded",
+    ];
     let customer = prop::collection::vec((0..types.len(), 0i64..(70 * DAY_MS)), 1..12);
-    (prop::collection::vec(customer, 1..6), prop::collection::vec(0usize..6, 0..80)).prop_map(move |(cs, picks)| {
-        let t0 = at("2024-01-01T00:00:00Z");
-        let per: Vec<Vec<InteractionEvent>> = cs
-            .into_iter()
-            .enumerate()
-            .map(|(ci, evs)| {
-                let mut t = t0;
-                evs.into_iter()
-                    .enumerate()
-                    .map(|(i, (ty, gap))| {
-                        t += gap;
-                        InteractionEvent {
-                            amount_minor: Some(500),
-                            currency: Some("EUR".into()),
-                            ..ev(&format!("c{ci}-{i}"), &format!("c{ci}"), types[ty], t)
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        (per, picks)
-    })
+    (
+        prop::collection::vec(customer, 1..6),
+        prop::collection::vec(0usize..6, 0..80),
+    )
+        .prop_map(move |(cs, picks)| {
+            let t0 = at("2024-01-01T00:00:00Z");
+            let per: Vec<Vec<InteractionEvent>> = cs
+                .into_iter()
+                .enumerate()
+                .map(|(ci, evs)| {
+                    let mut t = t0;
+                    evs.into_iter()
+                        .enumerate()
+                        .map(|(i, (ty, gap))| {
+                            t += gap;
+                            InteractionEvent {
+                                amount_minor: Some(500),
+                                currency: Some("EUR".into()),
+                                ..ev(&format!("c{ci}-{i}"), &format!("c{ci}"), types[ty], t)
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            (per, picks)
+        })
 }
 
 /// Interleaves the customers' sequences, keeping each customer's own order,

@@ -52,14 +52,25 @@ fn steps(ts: &[StageTransition]) -> Vec<(String, Option<String>, String, String)
         .collect()
 }
 
-fn s(d: &str, from: Option<&str>, to: &str, rule: &str) -> (String, Option<String>, String, String) {
+fn s(
+    d: &str,
+    from: Option<&str>,
+    to: &str,
+    rule: &str,
+) -> (String, Option<String>, String, String) {
     (d.into(), from.map(Into::into), to.into(), rule.into())
 }
 
 #[test]
 fn impression_only_reaches_without_activity() {
-    let (p, ts) = run(&[ev("e1", "ad.impression", at("2024-01-01T00:00:00Z"))], None);
-    assert_eq!(steps(&ts), vec![s("milestone", None, "reached", "first_touch")]);
+    let (p, ts) = run(
+        &[ev("e1", "ad.impression", at("2024-01-01T00:00:00Z"))],
+        None,
+    );
+    assert_eq!(
+        steps(&ts),
+        vec![s("milestone", None, "reached", "first_touch")]
+    );
     assert_eq!(p.activity, None);
     assert_eq!(p.impressions, 1);
 }
@@ -116,7 +127,11 @@ fn refund_of_only_order_reverts_to_acquired() {
     );
     let last = ts.last().expect("a transition");
     assert_eq!(
-        (last.from_stage.as_deref(), last.to_stage.as_str(), last.rule.as_str()),
+        (
+            last.from_stage.as_deref(),
+            last.to_stage.as_str(),
+            last.rule.as_str()
+        ),
         (Some("converted"), "acquired", "order_reverted")
     );
     assert_eq!(p.order_count, 0);
@@ -196,7 +211,11 @@ fn churned_once_however_often_time_advances() {
     for day in 1..200 {
         advance_to(&mut p, t0 + day * DAY_MS, &rules, &mut out);
     }
-    let churns = out.transitions.iter().filter(|t| t.to_stage == "churned").count();
+    let churns = out
+        .transitions
+        .iter()
+        .filter(|t| t.to_stage == "churned")
+        .count();
     assert_eq!(churns, 1);
     // The deadline itself is not yet past: a customer is churned only after 90 full days.
     let mut p2 = Profile::new("c1");
@@ -228,7 +247,12 @@ fn lifecycle_signals_classify_windows() {
     let mut p = Profile::new("c1");
     let mut out = FoldOutput::default();
     for (i, day) in [0, 0, 1, 3].iter().enumerate() {
-        apply_event(&mut p, &ev(&format!("e{i}"), "page.viewed", d0 + day * DAY_MS), &rules, &mut out);
+        apply_event(
+            &mut p,
+            &ev(&format!("e{i}"), "page.viewed", d0 + day * DAY_MS),
+            &rules,
+            &mut out,
+        );
     }
     let classes: Vec<LifecycleClass> = out
         .signals
@@ -283,7 +307,13 @@ const TYPES: &[&str] = &[
 
 fn arb_events() -> impl Strategy<Value = Vec<InteractionEvent>> {
     prop::collection::vec(
-        (0..TYPES.len(), 0i64..(60 * DAY_MS), 0i64..3000, 0i32..11, 0u8..4),
+        (
+            0..TYPES.len(),
+            0i64..(60 * DAY_MS),
+            0i64..3000,
+            0i32..11,
+            0u8..4,
+        ),
         1..40,
     )
     .prop_map(|raw| {
