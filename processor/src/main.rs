@@ -118,9 +118,9 @@ enum ConfigCommand {
     Check,
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIKLUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -160,7 +160,12 @@ fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The demo prints a report; its logs would only clutter the terminal.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info,rdkafka=warn",
+    };
+    init_tracing(cli.log_format, default_filter);
     let load =
         || Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"));
     match cli.command {

@@ -163,9 +163,10 @@ fn write_dead_letter(w: &mut impl Write, dl: &DeadLetter, raw: &str) -> anyhow::
     Ok(())
 }
 
-/// One input record: the decoded event or why it is bad, and its raw text
-/// (kept only for bad records, for the dead-letter file).
-pub type InputRecord = (Result<InteractionEvent, DecodeError>, String);
+/// One input record: its position in the file (line index for JSONL,
+/// record index for Avro), the decoded event or why it is bad, and its raw
+/// text (kept only for bad records, for the dead-letter file).
+pub type InputRecord = (i64, Result<InteractionEvent, DecodeError>, String);
 
 /// Reads input records from a JSONL or Avro container file.
 pub fn read_input(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = InputRecord>>> {
@@ -177,30 +178,36 @@ pub fn read_input(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = InputRe
     if n == 4 && &magic == b"Obj\x01" {
         let it = codec::read_avro_container(BufReader::new(f))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        return Ok(Box::new(it.map(|r| (r, String::new()))));
+        return Ok(Box::new(
+            it.enumerate().map(|(i, r)| (i as i64, r, String::new())),
+        ));
     }
     let reader = BufReader::with_capacity(1 << 20, f);
-    Ok(Box::new(reader.split(b'\n').filter_map(
-        |line| match line {
-            Ok(mut l) => {
-                if l.last() == Some(&b'\r') {
-                    l.pop();
+    Ok(Box::new(reader.split(b'\n').enumerate().filter_map(
+        |(i, line)| {
+            let i = i as i64;
+            match line {
+                Ok(mut l) => {
+                    if l.last() == Some(&b'\r') {
+                        l.pop();
+                    }
+                    if l.iter().all(u8::is_ascii_whitespace) {
+                        return None;
+                    }
+                    let decoded = codec::decode_json_line(&l);
+                    let raw = if decoded.is_err() {
+                        String::from_utf8_lossy(&l).into_owned()
+                    } else {
+                        String::new()
+                    };
+                    Some((i, decoded, raw))
                 }
-                if l.iter().all(u8::is_ascii_whitespace) {
-                    return None;
-                }
-                let decoded = codec::decode_json_line(&l);
-                let raw = if decoded.is_err() {
-                    String::from_utf8_lossy(&l).into_owned()
-                } else {
-                    String::new()
-                };
-                Some((decoded, raw))
+                Err(e) => Some((
+                    i,
+                    Err(DecodeError::NotJson(format!("read error: {e}"))),
+                    String::new(),
+                )),
             }
-            Err(e) => Some((
-                Err(DecodeError::NotJson(format!("read error: {e}"))),
-                String::new(),
-            )),
         },
     )))
 }
@@ -227,15 +234,15 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
     let mut cells = Vec::new();
     let mut records = 0u64;
     let mut last_report = Instant::now();
-    for (i, (decoded, text)) in read_input(&opts.input)?.enumerate() {
-        if engine.skip_if_applied(0, i as i64) {
+    for (i, decoded, text) in read_input(&opts.input)? {
+        if engine.skip_if_applied(0, i) {
             // Resuming with an existing state dir: already applied.
             continue;
         }
         if decoded.is_err() {
             raw.push(text);
         }
-        engine.process(0, i as i64, decoded, &mut out)?;
+        engine.process(0, i, decoded, &mut out)?;
         records += 1;
         if !out.partials.is_empty() {
             for p in out.partials.drain(..) {

@@ -43,6 +43,13 @@ pub struct Merger {
     tracks: BTreeMap<Granularity, Track>,
     /// Window partials that arrived for already closed windows.
     late_partials: u64,
+    /// Per (partition, granularity), the start of the last window partial
+    /// absorbed. A partition emits its windows in order, so a partial at or
+    /// before it is a re-emission (after a crash, outputs are at least once)
+    /// and must not be counted twice.
+    absorbed: BTreeMap<(u32, Granularity), i64>,
+    /// Re-emitted window partials that were ignored.
+    duplicate_partials: u64,
 }
 
 /// `num / den`, or `None` on a zero denominator. One division of two exact
@@ -62,7 +69,14 @@ impl Merger {
             open: BTreeMap::new(),
             tracks: BTreeMap::new(),
             late_partials: 0,
+            absorbed: BTreeMap::new(),
+            duplicate_partials: 0,
         }
+    }
+
+    /// Re-emitted window partials that were ignored (each counted once).
+    pub fn duplicate_partials(&self) -> u64 {
+        self.duplicate_partials
     }
 
     /// The number of input partitions.
@@ -146,6 +160,15 @@ impl Merger {
                 counts,
                 ..
             } => {
+                let last = self
+                    .absorbed
+                    .entry((partition, granularity))
+                    .or_insert(i64::MIN);
+                if start <= *last {
+                    self.duplicate_partials += 1;
+                    return;
+                }
+                *last = start;
                 let frontier = self.tracks.get(&granularity).and_then(|t| t.frontier);
                 match frontier {
                     Some(f) if start < f => {

@@ -641,6 +641,39 @@ fn merge_waits_for_every_partition_and_skips_idle_ones() {
     assert!(cells.is_empty(), "no cohort joins here");
 }
 
+/// After a crash a partition re-emits the partials it had already delivered
+/// (outputs are at least once): the merger must count them once, whether the
+/// window is still open or already closed when the copy arrives.
+#[test]
+fn re_emitted_partials_are_counted_once() {
+    let mut part = PartitionAggregator::new(0);
+    let mut out = vec![];
+    one_event(&mut part, ms("2024-01-01T10:00:00Z"));
+    one_event(&mut part, ms("2024-01-02T10:00:00Z"));
+    part.advance(day("2024-01-03"), &mut out);
+    let sent = out.clone();
+
+    let (mut once, mut once_cells) = (vec![], vec![]);
+    let mut m = Merger::new(1);
+    sent.iter().cloned().for_each(|x| m.add(x));
+    m.drain(&mut once, &mut once_cells);
+
+    // The copy arrives before the windows close…
+    let (mut twice, mut twice_cells) = (vec![], vec![]);
+    let mut m2 = Merger::new(1);
+    sent.iter().cloned().for_each(|x| m2.add(x));
+    sent.iter().cloned().for_each(|x| m2.add(x));
+    m2.drain(&mut twice, &mut twice_cells);
+    assert_eq!(once, twice);
+    assert!(m2.duplicate_partials() > 0);
+
+    // …or after they closed: no late counts, no shifted gauges.
+    sent.iter().cloned().for_each(|x| m.add(x));
+    assert_eq!(m.late_partials(), 0);
+    let day1 = find(&once, Granularity::Day, day("2024-01-01"));
+    assert_eq!(day1.active, 1);
+}
+
 #[test]
 fn merger_grows_partitions() {
     let mut m = Merger::new(1);
