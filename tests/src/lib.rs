@@ -139,6 +139,16 @@ impl Broker {
 
     /// Produces records (key, value) and waits for their acknowledgement.
     pub fn produce(&self, topic: &str, records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) {
+        self.produce_to(topic, None, records)
+    }
+
+    /// Produces records to one partition (or by key when `None`).
+    pub fn produce_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) {
         let p: ThreadedProducer<DefaultProducerContext> = self
             .client()
             .set("linger.ms", "5")
@@ -147,6 +157,9 @@ impl Broker {
             .expect("producer");
         for (k, v) in records {
             let mut rec = BaseRecord::<[u8], [u8]>::to(topic).key(&k).payload(&v);
+            if let Some(p) = partition {
+                rec = rec.partition(p);
+            }
             loop {
                 match p.send(rec) {
                     Ok(()) => break,
@@ -327,6 +340,25 @@ pub fn spawn_run(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Child {
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn siklus")
+}
+
+/// Waits until `f` returns true, failing the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Sends SIGTERM to a child.
+pub fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
 }
 
 /// Waits for a child to exit, failing the test after `timeout`.

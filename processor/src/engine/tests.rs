@@ -366,3 +366,57 @@ proptest! {
         }
     }
 }
+
+/// Runs events through one engine (live policy) and the merge stage.
+fn aggregate_run(events: &[InteractionEvent]) -> Vec<crate::aggregate::Aggregate> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = open(dir.path(), true);
+    let out = drive(&mut engine, events, 2, None);
+    let mut merger = crate::aggregate::Merger::new(1);
+    for p in out.partials {
+        merger.add(p);
+    }
+    let (mut aggs, mut cells) = (vec![], vec![]);
+    merger.drain(&mut aggs, &mut cells);
+    aggs
+}
+
+#[test]
+fn late_events_never_reopen_a_closed_window() {
+    use crate::time::Granularity;
+    let d = |s: &str| at(&format!("2024-01-{s}"));
+    let base = vec![
+        ev("e1", "a", "page.viewed", d("10T12:00:00Z")),
+        ev("e2", "b", "page.viewed", d("12T12:00:00Z")),
+        // Pushes the watermark to Jan 14 11:00: Jan 10..13 are closed.
+        ev("e3", "c", "page.viewed", d("14T12:00:00Z")),
+    ];
+    let mut late = base.clone();
+    // Beyond the lateness: Jan 10 is already closed.
+    late.push(ev("e4", "d", "page.viewed", d("10T13:00:00Z")));
+    // Within the lateness (an hour): Jan 14 is still open.
+    late.push(ev("e5", "e", "page.viewed", d("14T11:30:00Z")));
+    late.push(ev("e6", "f", "page.viewed", d("20T12:00:00Z")));
+    let mut on_time = base.clone();
+    on_time.push(ev("e6", "f", "page.viewed", d("20T12:00:00Z")));
+
+    let with_late = aggregate_run(&late);
+    let without = aggregate_run(&on_time);
+    let day = |aggs: &[crate::aggregate::Aggregate], s: &str| {
+        aggs.iter()
+            .find(|a| {
+                a.granularity == Granularity::Day && a.window_start == d(&format!("{s}T00:00:00Z"))
+            })
+            .cloned()
+            .expect("window")
+    };
+    // The closed window is exactly as without the late event.
+    assert_eq!(day(&with_late, "10"), day(&without, "10"));
+    assert_eq!(day(&with_late, "10").active, 1);
+    // The late event is counted in the window that was open when it came.
+    assert_eq!(day(&with_late, "14").late_events, 1);
+    // The event within the lateness counts in its own window.
+    assert_eq!(day(&with_late, "14").active, 2);
+    assert_eq!(day(&without, "14").active, 1);
+    assert_eq!(day(&without, "14").late_events, 0);
+}
