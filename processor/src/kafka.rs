@@ -186,6 +186,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The original key and value of a record, for the dead-letter topic.
+pub type RawKeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// The original bytes of a record that goes to the dead-letter topic.
 struct RawRecord {
     key: Option<Vec<u8>>,
@@ -362,6 +365,28 @@ impl OutputSink {
             );
         }
         Ok(())
+    }
+
+    /// Sends a replay step (transitions, dead letters with their original
+    /// key and value, closed windows) and waits for the acknowledgements.
+    pub fn send_replay(
+        &self,
+        out: &Outputs,
+        raw: &[RawKeyValue],
+        aggs: &[Aggregate],
+        cells: &[CohortCell],
+    ) -> anyhow::Result<()> {
+        let raw: Vec<RawRecord> = raw
+            .iter()
+            .map(|(key, payload)| RawRecord {
+                key: key.clone(),
+                payload: payload.clone(),
+                headers: Vec::new(),
+            })
+            .collect();
+        self.send_outputs(out, &raw)?;
+        self.send_aggregates(aggs, cells)?;
+        self.flush()
     }
 
     /// Waits until everything sent was acknowledged; fails if anything was not.

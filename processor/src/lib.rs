@@ -19,3 +19,4 @@ pub mod model;
 pub mod replay;
 pub mod rules;
 pub mod time;
+pub mod topic_replay;

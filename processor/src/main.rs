@@ -54,21 +54,46 @@ enum Command {
         #[arg(long, requires = "stop_at_end")]
         until: Option<String>,
     },
-    /// Replay events from a file with a fresh state; outputs to files.
+    /// Replay history with a fresh state: from a file (--input) or from the
+    /// input topic (--from-topic); outputs to files or to topics.
     Replay {
         /// JSONL (one InteractionEvent per line) or Avro container file.
+        #[arg(
+            long,
+            conflicts_with = "from_topic",
+            required_unless_present = "from_topic"
+        )]
+        input: Option<PathBuf>,
+        /// Replay the input topic (topics.input, or --topic) instead of a file.
         #[arg(long)]
-        input: PathBuf,
+        from_topic: bool,
+        /// Input topic to replay (overrides topics.input).
+        #[arg(long, requires = "from_topic")]
+        topic: Option<String>,
+        /// Kafka bootstrap servers (overrides kafka."bootstrap.servers").
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Start in every partition: earliest, latest-at-start, an RFC 3339 time, or P:OFFSET,…
+        #[arg(long, default_value = "earliest", requires = "from_topic")]
+        start: String,
+        /// End (exclusive) in every partition, in the same forms.
+        #[arg(long, default_value = "latest-at-start", requires = "from_topic")]
+        end: String,
         /// Directory for transitions.jsonl, aggregates.jsonl, cohorts.jsonl, dlq.jsonl.
-        #[arg(long)]
-        output_dir: PathBuf,
+        #[arg(long, required_unless_present = "output_suffix")]
+        output_dir: Option<PathBuf>,
+        /// With --from-topic: write to the configured output topics with this
+        /// suffix (e.g. `backfill-2026-11` gives `siklus.transitions.backfill-2026-11`).
+        #[arg(long, requires = "from_topic", conflicts_with = "output_dir")]
+        output_suffix: Option<String>,
         /// Advance event time to this instant (RFC 3339) at the end.
         #[arg(long)]
         until: Option<String>,
         /// Time policy: bounded (exact aggregates) or live (as the live job).
         #[arg(long, value_enum, default_value = "bounded")]
         watermark: WatermarkPolicy,
-        /// Keep the replay's state here (default: a temporary directory).
+        /// Keep the replay's state here (default: a temporary directory); an
+        /// existing one resumes an interrupted replay.
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
@@ -204,24 +229,65 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Replay {
             input,
+            from_topic,
+            topic,
+            brokers,
+            start,
+            end,
             output_dir,
+            output_suffix,
             until,
             watermark,
             state_dir,
         } => {
-            let cfg = load()?;
+            let mut cfg = load()?;
+            if let Some(b) = brokers {
+                cfg.kafka.insert("bootstrap.servers".into(), b);
+            }
             let until = parse_until(until.as_deref())?;
-            let summary = siklus::replay::replay_file(
-                &cfg,
-                &FileReplay {
-                    input,
-                    output_dir,
-                    until,
-                    watermark,
-                    state_dir,
-                    commit_every: 10_000,
-                },
-            )?;
+            let summary = if from_topic {
+                if let Some(t) = topic {
+                    cfg.topics.input = t;
+                }
+                if let Some(suffix) = &output_suffix {
+                    for t in [
+                        &mut cfg.topics.transitions,
+                        &mut cfg.topics.aggregates,
+                        &mut cfg.topics.cohorts,
+                        &mut cfg.topics.dlq,
+                    ] {
+                        *t = format!("{t}.{suffix}");
+                    }
+                    cfg.processor.group_id = format!("{}.{suffix}", cfg.processor.group_id);
+                    siklus::kafka::ensure_topics(&cfg)?;
+                }
+                siklus::topic_replay::replay_topic(
+                    &cfg,
+                    &siklus::topic_replay::TopicReplay {
+                        start: start.parse().map_err(anyhow::Error::msg)?,
+                        end: end.parse().map_err(anyhow::Error::msg)?,
+                        watermark,
+                        until,
+                        output_dir,
+                        state_dir,
+                    },
+                )?
+            } else {
+                let (Some(input), Some(output_dir)) = (input, output_dir) else {
+                    anyhow::bail!("a file replay needs --input and --output-dir");
+                };
+                siklus::replay::replay_file(
+                    &cfg,
+                    &FileReplay {
+                        input,
+                        output_dir,
+                        until,
+                        watermark,
+                        state_dir,
+                        commit_every: 10_000,
+                    },
+                )?
+            };
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Demo { customers, seed } => {
