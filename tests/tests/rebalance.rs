@@ -1,0 +1,126 @@
+//! A rebalance in the middle of the stream: a second instance joins while the
+//! first is processing. Partitions move; nothing is lost or applied twice.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use siklus::generator::{Generator, GeneratorConfig};
+use siklus::model::StageTransition;
+use siklus_e2e::*;
+
+fn log_of(cfg: &Path) -> String {
+    std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default()
+}
+
+/// Per partition: (stored next offset, profiles).
+type PartitionState = BTreeMap<u32, (i64, BTreeMap<String, Vec<u8>>)>;
+
+fn partitions_of(dir: &Path) -> PartitionState {
+    let store = siklus_state::Store::open(&dir.join("state"), &Default::default()).expect("state");
+    let mut m = BTreeMap::new();
+    for p in store.partitions().unwrap() {
+        let off = store.offset(p).unwrap().unwrap_or(-1);
+        m.insert(p, (off, store.profiles(p).unwrap().into_iter().collect()));
+    }
+    m
+}
+
+fn transitions(broker: &Broker, topic: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for r in broker.read_all(topic) {
+        let t: StageTransition = serde_json::from_slice(&r.value.unwrap()).unwrap();
+        let text = serde_json::to_string(&t).unwrap();
+        if let Some(prev) = m.insert(t.transition_id.clone(), text.clone()) {
+            assert_eq!(prev, text, "one transition id with two contents");
+        }
+    }
+    m
+}
+
+#[test]
+fn a_rebalance_mid_stream_loses_nothing() {
+    let broker = Broker::start();
+    let input = unique("reb-in");
+    broker.create_topic(&input, 4);
+    broker.produce(
+        &input,
+        Generator::new(GeneratorConfig {
+            customers: 2000,
+            seed: 3,
+            ..Default::default()
+        })
+        .map(|e| {
+            (
+                e.customer_id.clone().into_bytes(),
+                siklus::codec::encode_event_json(&e),
+            )
+        }),
+    );
+    let extra = "max_batch = 200\nidle_timeout_ms = 600000";
+
+    // Reference: one instance, uninterrupted.
+    let rd = tempfile::tempdir().unwrap();
+    let rg = unique("ref");
+    let rc = write_config(rd.path(), &broker, &input, &rg, extra);
+    let mut r = spawn_run(&rc, &["--stop-at-end"], &[]);
+    assert!(wait_exit(&mut r, Duration::from_secs(180), &rc).success());
+    let want_state = partitions_of(rd.path());
+    let want = transitions(&broker, &format!("{rg}.transitions"));
+
+    // Instance A starts; B joins once A has produced output.
+    let group = unique("reb");
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let ca = write_config(da.path(), &broker, &input, &group, extra);
+    let cb = write_config(db.path(), &broker, &input, &group, extra);
+    let out = format!("{group}.transitions");
+    let mut a = spawn_run(&ca, &[], &[]);
+    wait_until("instance A's first output", Duration::from_secs(90), || {
+        std::panic::catch_unwind(|| broker.read_all(&out).len()).unwrap_or(0) > 100
+    });
+    let mut b = spawn_run(&cb, &[], &[]);
+    wait_until(
+        "B to take partitions from A",
+        Duration::from_secs(120),
+        || log_of(&ca).contains("partition revoked") && log_of(&cb).contains("partition assigned"),
+    );
+    let mut last = 0;
+    let mut stable = 0;
+    wait_until("the output to settle", Duration::from_secs(240), || {
+        let n = transitions(&broker, &out).len();
+        stable = if n == last { stable + 1 } else { 0 };
+        last = n;
+        n >= want.len() && stable >= 3
+    });
+    terminate(&a);
+    terminate(&b);
+    assert!(
+        wait_exit(&mut a, Duration::from_secs(60), &ca).success(),
+        "{}",
+        log_of(&ca)
+    );
+    assert!(
+        wait_exit(&mut b, Duration::from_secs(60), &cb).success(),
+        "{}",
+        log_of(&cb)
+    );
+
+    // Every transition is there, once per id, with the same content.
+    assert_eq!(transitions(&broker, &out), want);
+    // Each partition's state, at its latest owner (the store that got
+    // furthest), equals the reference.
+    let (sa, sb) = (partitions_of(da.path()), partitions_of(db.path()));
+    for (p, (off, profiles)) in &want_state {
+        let best = [sa.get(p), sb.get(p)]
+            .into_iter()
+            .flatten()
+            .max_by_key(|(o, _)| *o)
+            .expect("some instance owned the partition");
+        assert_eq!(best.0, *off, "partition {p} did not reach the end");
+        assert!(
+            best.1 == *profiles,
+            "partition {p}: profiles differ from the reference"
+        );
+    }
+}
