@@ -676,7 +676,12 @@ impl Engine {
     /// offsets, in one atomic batch. Call it only after the outputs of the
     /// step were acknowledged.
     pub fn commit(&mut self) -> Result<(), EngineError> {
-        let mut batch = Batch::new();
+        self.commit_with(Batch::new())
+    }
+
+    /// Like [`Engine::commit`], with more writes of the driver's in the same
+    /// atomic batch (a replay's output positions and merge state).
+    pub fn commit_with(&mut self, mut batch: Batch) -> Result<(), EngineError> {
         let rules = self.config.rules.clone();
         for (&partition, state) in self.partitions.iter_mut() {
             for (customer, entry) in state.dirty.drain() {

@@ -96,6 +96,9 @@ enum Command {
         /// existing one resumes an interrupted replay.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Records per commit of a file replay.
+        #[arg(long, default_value_t = 10_000, hide = true)]
+        commit_every: usize,
     },
     /// The embedded demo: synthetic customers through the real Kafka path
     /// on an in-process broker.
@@ -239,6 +242,7 @@ fn main() -> anyhow::Result<()> {
             until,
             watermark,
             state_dir,
+            commit_every,
         } => {
             let mut cfg = load()?;
             if let Some(b) = brokers {
@@ -284,7 +288,7 @@ fn main() -> anyhow::Result<()> {
                         until,
                         watermark,
                         state_dir,
-                        commit_every: 10_000,
+                        commit_every,
                     },
                 )?
             };

@@ -79,13 +79,32 @@ pub struct FileOutputs {
 impl FileOutputs {
     /// Creates `transitions.jsonl`, `aggregates.jsonl`, `cohorts.jsonl` and `dlq.jsonl`.
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        Self::open(dir, None)
+    }
+
+    /// Opens the output files: new ones, or, to resume an interrupted
+    /// replay, the existing ones cut back to the lengths of its last commit.
+    pub fn open(dir: &Path, resume_at: Option<[u64; 4]>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let f = |n: &str| -> anyhow::Result<BufWriter<File>> {
+        let mut i = 0;
+        let mut f = |n: &str| -> anyhow::Result<BufWriter<File>> {
             let p = dir.join(n);
-            Ok(BufWriter::with_capacity(
-                1 << 20,
-                File::create(&p).with_context(|| format!("creating {}", p.display()))?,
-            ))
+            let file = match resume_at {
+                None => File::create(&p).with_context(|| format!("creating {}", p.display()))?,
+                Some(lens) => {
+                    let mut file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&p)
+                        .with_context(|| format!("opening {}", p.display()))?;
+                    file.set_len(lens[i])?;
+                    std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))?;
+                    file
+                }
+            };
+            i += 1;
+            Ok(BufWriter::with_capacity(1 << 20, file))
         };
         Ok(FileOutputs {
             transitions: f("transitions.jsonl")?,
@@ -130,6 +149,19 @@ impl FileOutputs {
         self.summary.aggregates += aggs.len() as u64;
         self.summary.cohort_cells += cells.len() as u64;
         Ok(())
+    }
+
+    /// Flushes every file and returns their lengths (to commit with the state).
+    pub fn checkpoint(&mut self) -> anyhow::Result<[u64; 4]> {
+        self.finish()?;
+        let len =
+            |w: &BufWriter<File>| -> anyhow::Result<u64> { Ok(w.get_ref().metadata()?.len()) };
+        Ok([
+            len(&self.transitions)?,
+            len(&self.aggregates)?,
+            len(&self.cohorts)?,
+            len(&self.dlq)?,
+        ])
     }
 
     /// Flushes every file.
@@ -212,6 +244,72 @@ pub fn read_input(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = InputRe
     )))
 }
 
+/// What a replay commits with its state, so that an interrupted replay
+/// started again with the same state dir continues where it stopped and
+/// ends with the same outputs as an uninterrupted one.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// Output file lengths at the commit (transitions, aggregates, cohorts, dlq).
+    pub files: Option<[u64; 4]>,
+    /// The in-process merge stage.
+    pub merger: Merger,
+    /// The replay reached its end.
+    pub finished: bool,
+}
+
+const CHECKPOINT: &str = "replay.checkpoint";
+
+/// Test hook: `SIKLUS_FAULT_ABORT_AFTER_STEPS=N` aborts the process at the
+/// N-th commit, after the outputs were written and before the state was.
+fn fault_injection() {
+    static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if let Some(n) = std::env::var("SIKLUS_FAULT_ABORT_AFTER_STEPS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if COMMITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= n {
+            tracing::error!("fault injection: aborting before the state write");
+            std::process::abort();
+        }
+    }
+}
+
+/// The checkpoint of an earlier run in this state dir, if any.
+pub fn load_checkpoint(engine: &Engine) -> anyhow::Result<Option<Checkpoint>> {
+    match engine.store().global(CHECKPOINT)? {
+        Some(b) => Ok(Some(
+            postcard::from_bytes(&b).map_err(|e| anyhow::anyhow!("replay checkpoint: {e}"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Flushes the files and commits the engine's step with the checkpoint, in one batch.
+pub fn commit_checkpoint(
+    engine: &mut Engine,
+    files: Option<&mut FileOutputs>,
+    merger: &Merger,
+    finished: bool,
+) -> anyhow::Result<()> {
+    let lens = match files {
+        Some(f) => Some(f.checkpoint()?),
+        None => None,
+    };
+    fault_injection();
+    let ckpt = Checkpoint {
+        files: lens,
+        merger: merger.clone(),
+        finished,
+    };
+    let mut b = siklus_state::Batch::new();
+    b.put_global(
+        CHECKPOINT,
+        &postcard::to_stdvec(&ckpt).map_err(|e| anyhow::anyhow!("replay checkpoint: {e}"))?,
+    );
+    engine.commit_with(b)?;
+    Ok(())
+}
+
 /// Runs a file replay.
 pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySummary> {
     let started = Instant::now();
@@ -226,8 +324,15 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
     let store = Arc::new(Store::open(&state_dir, &cfg.store_options())?);
     let mut engine = Engine::new(store, cfg.engine(opts.watermark == WatermarkPolicy::Live));
     engine.assign(0)?;
-    let mut files = FileOutputs::create(&opts.output_dir)?;
-    let mut merger = Merger::new(1);
+    let ckpt = load_checkpoint(&engine)?;
+    if ckpt.as_ref().is_some_and(|c| c.finished) {
+        anyhow::bail!(
+            "the replay in {} already finished; use a fresh --state-dir",
+            state_dir.display()
+        );
+    }
+    let mut files = FileOutputs::open(&opts.output_dir, ckpt.as_ref().and_then(|c| c.files))?;
+    let mut merger = ckpt.map_or_else(|| Merger::new(1), |c| c.merger);
     let mut out = Outputs::default();
     let mut raw: Vec<String> = Vec::new();
     let mut aggs = Vec::new();
@@ -255,7 +360,7 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
         }
         if records % opts.commit_every.max(1) as u64 == 0 {
             files.write_step(&mut out, &mut raw)?;
-            engine.commit()?;
+            commit_checkpoint(&mut engine, Some(&mut files), &merger, false)?;
             if last_report.elapsed() > Duration::from_secs(5) {
                 tracing::info!(records, "replaying");
                 last_report = Instant::now();
@@ -271,7 +376,7 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
         // Fire due timers in chunks so memory stays bounded.
         while engine.fire_timers(0, end, 50_000, &mut out)? {
             files.write_step(&mut out, &mut raw)?;
-            engine.commit()?;
+            commit_checkpoint(&mut engine, Some(&mut files), &merger, false)?;
         }
         engine.advance_watermark(0, end, &mut out)?;
         if opts.watermark == WatermarkPolicy::Bounded {
@@ -287,8 +392,7 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
     }
     files.write_aggregates(&aggs, &cells)?;
     files.write_step(&mut out, &mut raw)?;
-    engine.commit()?;
-    files.finish()?;
+    commit_checkpoint(&mut engine, Some(&mut files), &merger, true)?;
     let mut summary = files.summary.clone();
     summary.records = records;
     summary.counters = engine.counters();

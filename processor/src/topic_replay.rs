@@ -19,7 +19,7 @@ use crate::aggregate::Merger;
 use crate::codec::{DecodeError, Decoder};
 use crate::config::Config;
 use crate::engine::{Engine, Outputs};
-use crate::replay::{FileOutputs, ReplaySummary, WatermarkPolicy};
+use crate::replay::{commit_checkpoint, FileOutputs, ReplaySummary, WatermarkPolicy};
 
 /// A position in every partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,15 +199,22 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
             tpl.add_partition_offset(&topic, p, Offset::Offset(rewind))?;
         }
     }
+    let ckpt = crate::replay::load_checkpoint(&engine)?;
+    if ckpt.as_ref().is_some_and(|c| c.finished) {
+        bail!(
+            "the replay in {} already finished; use a fresh --state-dir",
+            state_dir.display()
+        );
+    }
     let mut files = match &opts.output_dir {
-        Some(d) => Some(FileOutputs::create(d)?),
+        Some(d) => Some(FileOutputs::open(d, ckpt.as_ref().and_then(|c| c.files))?),
         None => None,
     };
     let sink = match &opts.output_dir {
         None => Some(crate::kafka::OutputSink::new(cfg)?),
         Some(_) => None,
     };
-    let mut merger = Merger::new(partitions as u32);
+    let mut merger = ckpt.map_or_else(|| Merger::new(partitions as u32), |c| c.merger);
     let mut out = Outputs::default();
     let mut raw: Vec<String> = Vec::new();
     let mut raw_records = Vec::new();
@@ -290,7 +297,7 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
                 &mut cells,
                 &mut summary,
             )?;
-            engine.commit()?;
+            commit_checkpoint(&mut engine, files.as_mut(), &merger, false)?;
             since_commit = 0;
         }
         if last_progress.elapsed() > Duration::from_secs(5) {
@@ -324,7 +331,7 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
                     &mut cells,
                     &mut summary,
                 )?;
-                engine.commit()?;
+                commit_checkpoint(&mut engine, files.as_mut(), &merger, false)?;
             }
             engine.advance_watermark(p, end, &mut out)?;
             if opts.watermark == WatermarkPolicy::Bounded {
@@ -349,9 +356,8 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         &mut cells,
         &mut summary,
     )?;
-    engine.commit()?;
+    commit_checkpoint(&mut engine, files.as_mut(), &merger, true)?;
     if let Some(f) = files.as_mut() {
-        f.finish()?;
         let s = f.summary.clone();
         summary.transitions = s.transitions;
         summary.aggregates = s.aggregates;
