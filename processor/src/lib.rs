@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod model;
 pub mod replay;
 pub mod rules;
+pub mod snapshot;
 pub mod time;
 pub mod topic_replay;

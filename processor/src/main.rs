@@ -133,10 +133,38 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// State snapshots: seed a deployment with the state a replay rebuilt.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StateCommand {
+    /// Write every partition of a state dir to a snapshot file.
+    Export {
+        /// State directory (default: processor.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Snapshot file to write.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Load a snapshot into a state dir, replacing the partitions it holds.
+    /// `siklus run` then continues each partition from the snapshot's offsets.
+    Import {
+        /// State directory (default: processor.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Snapshot file to read.
+        #[arg(long)]
+        input: PathBuf,
     },
 }
 
@@ -355,6 +383,24 @@ fn main() -> anyhow::Result<()> {
             }
             w.flush()?;
             eprintln!("wrote {n} events to {}", output.display());
+        }
+        Command::State { command } => {
+            let cfg = load()?;
+            let open = |d: Option<PathBuf>| -> anyhow::Result<siklus_state::Store> {
+                let dir = d.unwrap_or_else(|| cfg.processor.state_dir.clone());
+                std::fs::create_dir_all(&dir)?;
+                siklus_state::Store::open(&dir, &cfg.store_options())
+                    .with_context(|| format!("opening {}", dir.display()))
+            };
+            let summary = match command {
+                StateCommand::Export { state_dir, output } => {
+                    siklus::snapshot::export(&open(state_dir)?, &output)?
+                }
+                StateCommand::Import { state_dir, input } => {
+                    siklus::snapshot::import(&open(state_dir)?, &input)?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Config {
             command: ConfigCommand::Check,

@@ -87,13 +87,52 @@ pub struct TopicReplay {
     pub state_dir: Option<std::path::PathBuf>,
 }
 
-/// The offsets to read in one partition: `[start, end)`.
+/// The records to read in one partition: offsets `[start, end)`, and for
+/// timestamp positions, from the first record at or after `start_ts` to the
+/// first record at or after `end_ts` (exclusive). Timestamps are checked on
+/// the records themselves: some brokers resolve a timestamp only to a batch
+/// (tansu 0.6 answers offset 0), so the broker's answer is only a lower bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Range {
     /// First offset to read.
     pub start: i64,
     /// First offset not to read.
     pub end: i64,
+    /// Skip records until one has a timestamp at or after this.
+    pub start_ts: Option<i64>,
+    /// Stop at the first record with a timestamp at or after this.
+    pub end_ts: Option<i64>,
+}
+
+/// The end of a partition: one past the last record of the batch that
+/// holds offset `high − 1`. On Apache Kafka that is `high` itself; a broker
+/// that reports the last batch's base offset + 1 as its high watermark
+/// (tansu 0.6) still yields the true end.
+fn true_end(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    high: i64,
+) -> anyhow::Result<i64> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(high - 1))?;
+    consumer.assign(&tpl)?;
+    let mut end = high;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = false;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(if seen { 300 } else { 1000 })) {
+            Some(Ok(m)) if m.partition() == partition => {
+                seen = true;
+                end = end.max(m.offset() + 1);
+            }
+            Some(_) => {}
+            None if seen => break,
+            None => {}
+        }
+    }
+    consumer.unassign()?;
+    Ok(end)
 }
 
 fn resolve(
@@ -115,8 +154,13 @@ fn resolve(
             }
         }
         Position::LatestAtStart => {
-            for (p, (_, high)) in &marks {
-                out.insert(*p, *high);
+            for (p, (low, high)) in &marks {
+                let end = if is_end && high > low {
+                    true_end(consumer, topic, *p, *high)?
+                } else {
+                    *high
+                };
+                out.insert(*p, end);
             }
         }
         Position::Offsets(m) => {
@@ -170,7 +214,19 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         bail!("topic {topic} does not exist or has no partitions");
     }
     let starts = resolve(&consumer, &topic, partitions, &opts.start, false)?;
-    let ends = resolve(&consumer, &topic, partitions, &opts.end, true)?;
+    let end_pos = match &opts.end {
+        Position::Timestamp(_) => &Position::LatestAtStart,
+        other => other,
+    };
+    let ends = resolve(&consumer, &topic, partitions, end_pos, true)?;
+    let start_ts = match opts.start {
+        Position::Timestamp(t) => Some(t),
+        _ => None,
+    };
+    let end_ts = match opts.end {
+        Position::Timestamp(t) => Some(t),
+        _ => None,
+    };
 
     let tmp;
     let state_dir = match &opts.state_dir {
@@ -192,8 +248,18 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         engine.assign(p as u32)?;
         let start = starts.get(&p).copied().unwrap_or(0);
         let end = ends.get(&p).copied().unwrap_or(start);
-        let from = engine.next_offset(p as u32).map_or(start, |n| n.max(start));
-        ranges.insert(p, Range { start: from, end });
+        let resumed = engine.next_offset(p as u32);
+        let from = resumed.map_or(start, |n| n.max(start));
+        ranges.insert(
+            p,
+            Range {
+                start: from,
+                end,
+                // A resumed partition is past its start already.
+                start_ts: if resumed.is_some() { None } else { start_ts },
+                end_ts,
+            },
+        );
         if from < end {
             let rewind = (from - cfg.processor.resume_rewind).max(start);
             tpl.add_partition_offset(&topic, p, Offset::Offset(rewind))?;
@@ -251,7 +317,9 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
                     continue;
                 };
                 let offset = m.offset();
-                if offset >= range.end {
+                let ts = m.timestamp().to_millis();
+                let past_end = range.end_ts.is_some_and(|e| ts.is_some_and(|t| t >= e));
+                if offset >= range.end || past_end {
                     done.insert(p, true);
                     let mut one = TopicPartitionList::new();
                     one.add_partition(&topic, p);
@@ -260,6 +328,15 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
                 }
                 if offset < range.start || engine.skip_if_applied(p as u32, offset) {
                     continue;
+                }
+                if let Some(st) = range.start_ts {
+                    if ts.is_some_and(|t| t < st) {
+                        continue;
+                    }
+                    // The first record in the range: the rest of the partition follows.
+                    if let Some(r) = ranges.get_mut(&p) {
+                        r.start_ts = None;
+                    }
                 }
                 let decoded = match m.payload() {
                     None => Err(DecodeError::MissingField("value")),

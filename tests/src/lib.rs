@@ -149,16 +149,33 @@ impl Broker {
         partition: Option<i32>,
         records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
     ) {
+        self.produce_timed(
+            topic,
+            partition,
+            records.into_iter().map(|(k, v)| (k, v, None)),
+        )
+    }
+
+    /// Produces records with explicit timestamps (epoch ms) where given.
+    pub fn produce_timed(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, Option<i64>)>,
+    ) {
         let p: ThreadedProducer<DefaultProducerContext> = self
             .client()
             .set("linger.ms", "5")
             .set("enable.idempotence", "true")
             .create()
             .expect("producer");
-        for (k, v) in records {
+        for (k, v, ts) in records {
             let mut rec = BaseRecord::<[u8], [u8]>::to(topic).key(&k).payload(&v);
             if let Some(p) = partition {
                 rec = rec.partition(p);
+            }
+            if let Some(ts) = ts {
+                rec = rec.timestamp(ts);
             }
             loop {
                 match p.send(rec) {
