@@ -80,7 +80,7 @@ enum Command {
         #[arg(long, default_value = "latest-at-start", requires = "from_topic")]
         end: String,
         /// Directory for transitions.jsonl, aggregates.jsonl, cohorts.jsonl, dlq.jsonl.
-        #[arg(long, required_unless_present = "output_suffix")]
+        #[arg(long, required_unless_present_any = ["output_suffix", "verify_against"])]
         output_dir: Option<PathBuf>,
         /// With --from-topic: write to the configured output topics with this
         /// suffix (e.g. `backfill-2026-11` gives `siklus.transitions.backfill-2026-11`).
@@ -96,6 +96,14 @@ enum Command {
         /// existing one resumes an interrupted replay.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// With --from-topic: compare the replay's transitions with this topic
+        /// (deduplicated by id) and report `identical` or the first difference,
+        /// instead of writing outputs.
+        #[arg(long, requires = "from_topic")]
+        verify_against: Option<String>,
+        /// Progress: a bar on a terminal (auto), bar, json lines on stderr, or none.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: siklus::topic_replay::Progress,
         /// Records per commit of a file replay.
         #[arg(long, default_value_t = 10_000, hide = true)]
         commit_every: usize,
@@ -270,6 +278,8 @@ fn main() -> anyhow::Result<()> {
             until,
             watermark,
             state_dir,
+            verify_against,
+            progress,
             commit_every,
         } => {
             let mut cfg = load()?;
@@ -302,6 +312,8 @@ fn main() -> anyhow::Result<()> {
                         until,
                         output_dir,
                         state_dir,
+                        verify_against,
+                        progress,
                     },
                 )?
             } else {

@@ -64,6 +64,11 @@ pub struct ReplaySummary {
     pub dead_letters: u64,
     /// Wall time.
     pub elapsed_secs: f64,
+    /// Input records per second of wall time.
+    pub records_per_sec: f64,
+    /// With `--verify-against`: `identical`, or the first difference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
 }
 
 /// The JSONL output files of a replay.
@@ -397,5 +402,6 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
     summary.records = records;
     summary.counters = engine.counters();
     summary.elapsed_secs = started.elapsed().as_secs_f64();
+    summary.records_per_sec = summary.records as f64 / summary.elapsed_secs.max(1e-9);
     Ok(summary)
 }

@@ -85,6 +85,163 @@ pub struct TopicReplay {
     pub output_dir: Option<std::path::PathBuf>,
     /// State directory: an existing one resumes an interrupted replay.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Compare the replay's transitions with this topic instead of writing them.
+    pub verify_against: Option<String>,
+    /// How to report progress.
+    pub progress: Progress,
+}
+
+/// Progress reporting of a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Progress {
+    /// A progress bar on a terminal, otherwise nothing.
+    #[default]
+    Auto,
+    /// A bar (events per second, ETA).
+    Bar,
+    /// A JSON line on stderr every few seconds.
+    Json,
+    /// Nothing.
+    None,
+}
+
+/// Reports progress: a bar for people, JSON lines for machines.
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    json: bool,
+    last: Instant,
+    started: Instant,
+}
+
+impl Reporter {
+    fn new(mode: Progress, total: u64) -> Self {
+        use std::io::IsTerminal;
+        let bar = match mode {
+            Progress::Bar => true,
+            Progress::Auto => std::io::stderr().is_terminal(),
+            _ => false,
+        };
+        let bar = bar.then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} records  {per_sec}  ETA {eta}  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Reporter {
+            bar,
+            json: mode == Progress::Json,
+            last: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, records: u64, total: u64, partitions_done: usize, partitions: usize) {
+        if let Some(b) = &self.bar {
+            b.set_position(records);
+            b.set_message(format!("{partitions_done}/{partitions} partitions done"));
+        }
+        if self.json && self.last.elapsed() > Duration::from_secs(2) {
+            let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+            let rate = records as f64 / secs;
+            let eta = if rate > 0.0 {
+                total.saturating_sub(records) as f64 / rate
+            } else {
+                0.0
+            };
+            eprintln!(
+                "{}",
+                serde_json::json!({"records": records, "total": total, "records_per_sec": rate.round(),
+                    "eta_secs": eta.round(), "partitions_done": partitions_done, "partitions": partitions})
+            );
+            self.last = Instant::now();
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Transitions keyed by (customer, seq), as JSON text.
+type TransitionMap = BTreeMap<(String, u64), String>;
+
+/// Reads every transition of a topic (deduplicated by id) for `--verify-against`.
+fn read_transitions(cfg: &Config, topic: &str) -> anyhow::Result<Result<TransitionMap, String>> {
+    let mut cc = ClientConfig::new();
+    for (k, v) in &cfg.kafka {
+        cc.set(k, v);
+    }
+    cc.set("group.id", format!("siklus-verify-{}", std::process::id()))
+        .set("enable.auto.commit", "false");
+    let c: BaseConsumer = cc.create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let ends = resolve(&c, topic, parts, &Position::LatestAtStart, true)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut done = BTreeMap::new();
+    for (p, end) in &ends {
+        done.insert(*p, *end == 0);
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let mut out = TransitionMap::new();
+    let mut last = Instant::now();
+    while done.values().any(|d| !d) && last.elapsed() < Duration::from_secs(10) {
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m?;
+        last = Instant::now();
+        if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
+            done.insert(m.partition(), true);
+        }
+        let Some(v) = m.payload() else { continue };
+        let t = match crate::codec::decode_transition(v) {
+            Ok(t) => t,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "{topic} partition {} offset {}: not a transition: {e}",
+                    m.partition(),
+                    m.offset()
+                )))
+            }
+        };
+        let text = String::from_utf8_lossy(&crate::codec::transition_json(&t)).into_owned();
+        if let Some(prev) = out.insert((t.customer_id.clone(), t.seq), text.clone()) {
+            if prev != text {
+                return Ok(Err(format!(
+                    "{topic} holds two different transitions for customer {:?} seq {}",
+                    t.customer_id, t.seq
+                )));
+            }
+        }
+    }
+    Ok(Ok(out))
+}
+
+fn first_difference(want: &TransitionMap, got: &TransitionMap) -> String {
+    let keys: std::collections::BTreeSet<&(String, u64)> = want.keys().chain(got.keys()).collect();
+    for k in keys {
+        match (want.get(k), got.get(k)) {
+            (Some(a), Some(b)) if a == b => {}
+            (a, b) => {
+                return format!(
+                    "first difference at customer {:?} seq {}:\n  topic:  {}\n  replay: {}",
+                    k.0,
+                    k.1,
+                    a.map_or("(none)", String::as_str),
+                    b.map_or("(none)", String::as_str)
+                )
+            }
+        }
+    }
+    "identical".to_string()
 }
 
 /// The records to read in one partition: offsets `[start, end)`, and for
@@ -276,9 +433,10 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         Some(d) => Some(FileOutputs::open(d, ckpt.as_ref().and_then(|c| c.files))?),
         None => None,
     };
-    let sink = match &opts.output_dir {
-        None => Some(crate::kafka::OutputSink::new(cfg)?),
-        Some(_) => None,
+    // Only compared: nothing is written anywhere.
+    let sink = match (&opts.output_dir, &opts.verify_against) {
+        (None, None) => Some(crate::kafka::OutputSink::new(cfg)?),
+        _ => None,
     };
     let mut merger = ckpt.map_or_else(|| Merger::new(partitions as u32), |c| c.merger);
     let mut out = Outputs::default();
@@ -296,6 +454,9 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
     let mut last_record = Instant::now();
     let total: i64 = ranges.values().map(|r| (r.end - r.start).max(0)).sum();
     let mut since_commit = 0usize;
+    let mut verify_map: Option<TransitionMap> =
+        opts.verify_against.as_ref().map(|_| TransitionMap::new());
+    let mut reporter = Reporter::new(opts.progress, total.max(0) as u64);
     while done.values().any(|d| !d) {
         let msg = consumer.poll(Duration::from_millis(200));
         match msg {
@@ -363,6 +524,15 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
             merger.add(part);
         }
         merger.drain(&mut aggs, &mut cells);
+        if let Some(m) = verify_map.as_mut() {
+            collect(m, &mut out);
+        }
+        reporter.update(
+            summary.records,
+            total.max(0) as u64,
+            done.values().filter(|d| **d).count(),
+            done.len(),
+        );
         if since_commit >= 10_000 || done.values().all(|d| *d) {
             emit(
                 &mut files,
@@ -423,6 +593,10 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         (WatermarkPolicy::Bounded, Some(end)) => merger.finish(end, &mut aggs, &mut cells),
         _ => merger.drain(&mut aggs, &mut cells),
     }
+    reporter.finish();
+    if let Some(m) = verify_map.as_mut() {
+        collect(m, &mut out);
+    }
     emit(
         &mut files,
         sink.as_ref(),
@@ -443,7 +617,22 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
     }
     summary.counters = engine.counters();
     summary.elapsed_secs = started.elapsed().as_secs_f64();
+    summary.records_per_sec = summary.records as f64 / summary.elapsed_secs.max(1e-9);
+    if let (Some(topic), Some(got)) = (&opts.verify_against, &verify_map) {
+        summary.verify = Some(match read_transitions(cfg, topic)? {
+            Ok(want) => first_difference(&want, got),
+            Err(e) => e,
+        });
+    }
     Ok(summary)
+}
+
+/// Moves a step's transitions into the verification map.
+fn collect(m: &mut TransitionMap, out: &mut Outputs) {
+    for t in out.transitions.drain(..) {
+        let text = String::from_utf8_lossy(&crate::codec::transition_json(&t)).into_owned();
+        m.insert((t.customer_id.clone(), t.seq), text);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -8,15 +8,50 @@ use siklus::generator::{Generator, GeneratorConfig};
 use siklus::model::{InteractionEvent, StageTransition};
 use siklus_e2e::*;
 
-/// Transitions per customer, in order, as JSON.
-fn per_customer(ts: impl IntoIterator<Item = StageTransition>) -> BTreeMap<String, Vec<String>> {
-    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// Transitions per customer by seq, as JSON; a re-delivered duplicate must
+/// be identical to the first copy.
+fn per_customer(
+    ts: impl IntoIterator<Item = StageTransition>,
+) -> BTreeMap<String, BTreeMap<u64, String>> {
+    let mut m: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
     for t in ts {
-        m.entry(t.customer_id.clone())
+        let text = serde_json::to_string(&t).unwrap();
+        if let Some(prev) = m
+            .entry(t.customer_id.clone())
             .or_default()
-            .push(serde_json::to_string(&t).unwrap());
+            .insert(t.seq, text.clone())
+        {
+            assert_eq!(prev, text, "two different transitions with one seq");
+        }
     }
     m
+}
+
+fn keyed(broker: &Broker, topic: &str) -> BTreeMap<String, serde_json::Value> {
+    broker
+        .read_all(topic)
+        .into_iter()
+        .map(|r| {
+            (
+                String::from_utf8(r.key.unwrap()).unwrap(),
+                serde_json::from_slice(&r.value.unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn lines_keyed(
+    path: &std::path::Path,
+    key: impl Fn(&serde_json::Value) -> String,
+) -> BTreeMap<String, serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (key(&v), v)
+        })
+        .collect()
 }
 
 #[test]
@@ -60,7 +95,8 @@ fn topic_replay_with_the_live_policy_reproduces_the_live_run() {
         );
     }
 
-    // The live job.
+    // The live job, killed once in the middle (after delivering a step's
+    // outputs, before writing its state) and restarted.
     let dir = tempfile::tempdir().unwrap();
     let group = unique("live");
     let cfg = write_config(
@@ -68,7 +104,16 @@ fn topic_replay_with_the_live_policy_reproduces_the_live_run() {
         &broker,
         &input,
         &group,
-        "idle_timeout_ms = 600000",
+        "idle_timeout_ms = 600000\nmax_batch = 300",
+    );
+    let mut live = spawn_run(
+        &cfg,
+        &["--stop-at-end"],
+        &[("SIKLUS_FAULT_ABORT_AFTER_STEPS", "6")],
+    );
+    assert!(
+        !wait_exit(&mut live, Duration::from_secs(180), &cfg).success(),
+        "the fault injection did not fire"
     );
     let mut live = spawn_run(&cfg, &["--stop-at-end"], &[]);
     assert!(wait_exit(&mut live, Duration::from_secs(180), &cfg).success());
@@ -78,17 +123,10 @@ fn topic_replay_with_the_live_policy_reproduces_the_live_run() {
             .into_iter()
             .map(|r| serde_json::from_slice::<StageTransition>(&r.value.unwrap()).unwrap()),
     );
-    let live_aggs: BTreeMap<String, serde_json::Value> = broker
-        .read_all(&format!("{group}.aggregates"))
-        .into_iter()
-        .map(|r| {
-            (
-                String::from_utf8(r.key.unwrap()).unwrap(),
-                serde_json::from_slice(&r.value.unwrap()).unwrap(),
-            )
-        })
-        .collect();
+    let live_aggs = keyed(&broker, &format!("{group}.aggregates"));
+    let live_cohorts = keyed(&broker, &format!("{group}.cohorts"));
     assert!(live_aggs.len() > 100);
+    assert!(!live_cohorts.is_empty());
 
     // The replay of the same topic, to files.
     let out = dir.path().join("replay");
@@ -100,6 +138,8 @@ fn topic_replay_with_the_live_policy_reproduces_the_live_run() {
             "--from-topic",
             "--watermark",
             "live",
+            "--progress",
+            "json",
             "--output-dir",
         ])
         .arg(&out)
@@ -121,23 +161,58 @@ fn topic_replay_with_the_live_policy_reproduces_the_live_run() {
     );
     // Each customer's transitions, in order and byte for byte.
     assert_eq!(replayed, live_transitions);
-    let replayed_aggs: BTreeMap<String, serde_json::Value> =
-        std::fs::read_to_string(out.join("aggregates.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    format!(
-                        "{}/{}",
-                        v["granularity"].as_str().unwrap(),
-                        v["window_start"].as_str().unwrap()
-                    ),
-                    v,
-                )
-            })
-            .collect();
-    assert_eq!(replayed_aggs, live_aggs);
+    let window_key = |v: &serde_json::Value| {
+        format!(
+            "{}/{}",
+            v["granularity"].as_str().unwrap(),
+            v["window_start"].as_str().unwrap()
+        )
+    };
+    assert_eq!(
+        lines_keyed(&out.join("aggregates.jsonl"), window_key),
+        live_aggs
+    );
+    let cell_key = |v: &serde_json::Value| {
+        format!(
+            "{}/{}/{}",
+            v["granularity"].as_str().unwrap(),
+            v["cohort_start"].as_str().unwrap(),
+            v["offset"]
+        )
+    };
+    assert_eq!(
+        lines_keyed(&out.join("cohorts.jsonl"), cell_key),
+        live_cohorts
+    );
+
+    // --verify-against compares without writing: identical here…
+    let verify = |envs: &[(&str, &str)]| -> String {
+        let mut c = Command::new(siklus_bin());
+        c.arg("--config")
+            .arg(&cfg)
+            .args([
+                "replay",
+                "--from-topic",
+                "--watermark",
+                "live",
+                "--verify-against",
+            ])
+            .arg(format!("{group}.transitions"));
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let r = c.output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let s: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        s["verify"].as_str().unwrap().to_string()
+    };
+    assert_eq!(verify(&[]), "identical");
+    // …and after a rule change it names the first difference.
+    let changed = verify(&[("SIKLUS_RULES__AT_RISK_AFTER_MS", "1728000000")]);
+    assert!(
+        changed.starts_with("first difference at customer"),
+        "{changed}"
+    );
 
     // A replay of an empty range reads nothing and succeeds.
     let none = dir.path().join("none");
