@@ -533,7 +533,7 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
             done.values().filter(|d| **d).count(),
             done.len(),
         );
-        if since_commit >= 10_000 || done.values().all(|d| *d) {
+        if since_commit >= cfg.processor.max_batch || done.values().all(|d| *d) {
             emit(
                 &mut files,
                 sink.as_ref(),
