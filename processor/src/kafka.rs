@@ -243,7 +243,26 @@ impl OutputSink {
     }
 
     fn send(&self, topic: &str, key: &[u8], payload: &[u8], headers: Option<OwnedHeaders>) {
-        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        self.send_record(topic, Some(key), Some(payload), headers);
+    }
+
+    /// Produces one record, waiting on backpressure (QueueFull) rather than
+    /// buffering without bound; any other error is counted as a failed
+    /// delivery, which fails the step's flush.
+    fn send_record(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) {
+        let mut record = BaseRecord::<[u8], [u8], ()>::to(topic);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         if let Some(h) = headers {
             record = record.headers(h);
         }
@@ -251,7 +270,6 @@ impl OutputSink {
             match self.producer.send(record) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Backpressure: wait for deliveries to free the queue.
                     record = r;
                     self.producer.poll(Duration::from_millis(10));
                 }
@@ -262,7 +280,7 @@ impl OutputSink {
                         .fetch_add(1, Ordering::Relaxed);
                     let mut first = lock(&self.producer.context().first_error);
                     if first.is_none() {
-                        *first = Some(e.to_string());
+                        *first = Some(format!("{topic}: {e}"));
                     }
                     return;
                 }
@@ -281,12 +299,7 @@ impl OutputSink {
             );
         }
         for p in &out.partials {
-            self.send(
-                &self.partials_topic,
-                partial_key(p).as_bytes(),
-                &p.encode(),
-                None,
-            );
+            self.send(&self.partials_topic, p.key().as_bytes(), &p.encode(), None);
         }
         for (dl, r) in out.dead_letters.iter().zip(raw) {
             let mut h = OwnedHeaders::new();
@@ -319,30 +332,12 @@ impl OutputSink {
                     key: "siklus.source.offset",
                     value: Some(off.as_bytes()),
                 });
-            let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.dlq_topic).headers(h);
-            if let Some(k) = &r.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(p) = &r.payload {
-                record = record.payload(p.as_slice());
-            }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
-                        record = rec;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => {
-                        self.producer
-                            .context()
-                            .failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        warn!(error = %e, "cannot produce a dead letter");
-                        break;
-                    }
-                }
-            }
+            self.send_record(
+                &self.dlq_topic,
+                r.key.as_deref(),
+                r.payload.as_deref(),
+                Some(h),
+            );
         }
         Ok(())
     }
@@ -404,20 +399,6 @@ impl OutputSink {
             );
         }
         Ok(())
-    }
-}
-
-/// The key of a partial on the internal topic.
-fn partial_key(p: &Partial) -> String {
-    match p {
-        Partial::Window {
-            granularity, start, ..
-        } => format!(
-            "{}/{}",
-            granularity.as_str(),
-            crate::time::format_rfc3339(*start)
-        ),
-        Partial::Progress { partition, .. } => format!("progress/{partition}"),
     }
 }
 
