@@ -104,6 +104,10 @@ pub struct Processor {
     pub replication_factor: i32,
     /// HTTP listen address for `/metrics`, `/healthz`, `/readyz` (empty: off).
     pub http_listen: String,
+    /// An event more than this far ahead of its partition's latest event time
+    /// goes to the dead-letter topic (ms; default 400 days), so that one
+    /// record with a wild clock cannot jump event time for everyone.
+    pub max_time_jump_ms: i64,
     /// Records to re-read before a partition's stored offset when it is
     /// assigned (they are skipped, not applied again). 0 for Apache Kafka;
     /// brokers that cannot fetch from the middle of a record batch (tansu
@@ -131,6 +135,7 @@ impl Default for Processor {
             replication_factor: 1,
             http_listen: String::new(),
             resume_rewind: 0,
+            max_time_jump_ms: 400 * crate::time::DAY_MS,
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
         }
@@ -190,6 +195,9 @@ impl Config {
         if self.processor.group_id.is_empty() {
             return Err("processor.group_id must not be empty".into());
         }
+        if self.processor.max_time_jump_ms <= 0 {
+            return Err("processor.max_time_jump_ms must be positive".into());
+        }
         if self.processor.resume_rewind < 0 {
             return Err("processor.resume_rewind must not be negative".into());
         }
@@ -205,6 +213,7 @@ impl Config {
             rules: self.rules.clone(),
             allowed_lateness_ms: self.processor.allowed_lateness_ms,
             live_watermark,
+            max_time_jump_ms: self.processor.max_time_jump_ms,
         }
     }
 

@@ -67,6 +67,9 @@ pub struct EngineConfig {
     /// replays with `--watermark live`). When false (bounded replays),
     /// windows and timers wait for the end of the input.
     pub live_watermark: bool,
+    /// An event more than this far ahead of its partition's latest event time
+    /// is a dead letter (ms; default 400 days).
+    pub max_time_jump_ms: i64,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             rules: Rules::default(),
             allowed_lateness_ms: 3_600_000,
             live_watermark: true,
+            max_time_jump_ms: 400 * crate::time::DAY_MS,
         }
     }
 }
@@ -306,12 +310,25 @@ impl Engine {
             .get_mut(&partition)
             .ok_or(EngineError::NotAssigned(partition))?;
         state.next_offset = Some(offset + 1);
+        let max_seen = state.clock.max_event_time;
+        let max_jump = self.config.max_time_jump_ms;
         let record = record.and_then(|e| {
             if e.customer_id.len() > MAX_ID_BYTES || e.event_id.len() > MAX_ID_BYTES {
                 Err(DecodeError::InvalidField {
                     field: "customer_id",
                     reason: format!(
                         "customer_id and event_id must be at most {MAX_ID_BYTES} bytes"
+                    ),
+                })
+            } else if max_seen.is_some_and(|m| e.occurred_at.saturating_sub(m) > max_jump) {
+                // One record with a wild clock would otherwise jump event time
+                // (and close every window in between) for the whole partition.
+                Err(DecodeError::InvalidField {
+                    field: "occurred_at",
+                    reason: format!(
+                        "{} is more than {} days after the latest event time of the partition",
+                        crate::time::format_rfc3339(e.occurred_at),
+                        max_jump / crate::time::DAY_MS
                     ),
                 })
             } else {

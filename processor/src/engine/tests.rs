@@ -420,3 +420,35 @@ fn late_events_never_reopen_a_closed_window() {
     assert_eq!(day(&without, "14").active, 1);
     assert_eq!(day(&without, "14").late_events, 0);
 }
+
+#[test]
+fn an_event_far_in_the_future_is_a_dead_letter_not_a_time_jump() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = open(dir.path(), true);
+    let t0 = at("2024-01-01T00:00:00Z");
+    let mut out = Outputs::default();
+    engine
+        .process(0, 0, Ok(ev("e1", "a", "page.viewed", t0)), &mut out)
+        .unwrap();
+    let wild = at("9999-01-01T00:00:00Z");
+    engine
+        .process(0, 1, Ok(ev("e2", "b", "page.viewed", wild)), &mut out)
+        .unwrap();
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(out.dead_letters[0].offset, 1);
+    assert!(out.dead_letters[0].reason.contains("occurred_at"));
+    assert_eq!(engine.clock(0).unwrap().max_event_time, Some(t0));
+    // Time keeps flowing normally afterwards.
+    engine
+        .process(
+            0,
+            2,
+            Ok(ev("e3", "c", "page.viewed", t0 + 40 * DAY_MS)),
+            &mut out,
+        )
+        .unwrap();
+    assert!(out
+        .transitions
+        .iter()
+        .any(|t| t.customer_id == "a" && t.to_stage == "at_risk"));
+}
