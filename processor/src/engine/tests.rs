@@ -325,7 +325,7 @@ proptest! {
     /// customer's transitions (DESIGN §1, Time).
     #[test]
     fn interleaving_independence((per, picks) in arb_population()) {
-        let end = at("2025-06-01T00:00:00Z");
+        let end = at("2027-06-01T00:00:00Z");
         let a = interleave(&per, &[]);
         let b = interleave(&per, &picks);
         let d1 = tempfile::tempdir().unwrap();
@@ -353,7 +353,7 @@ proptest! {
     fn live_watermark_timers_match_the_customer_alone((per, _picks) in arb_population()) {
         let mut input: Vec<InteractionEvent> = per.iter().flatten().cloned().collect();
         input.sort_by_key(|e| e.occurred_at);
-        let end = at("2025-06-01T00:00:00Z");
+        let end = at("2027-06-01T00:00:00Z");
         let d = tempfile::tempdir().unwrap();
         let all = drive(&mut open(d.path(), true), &input, 4, Some(end));
         let together = by_customer(&all.transitions);
