@@ -162,11 +162,14 @@ impl Config {
         }
         // librdkafka property names are dotted, which figment would nest, so
         // SIKLUS_KAFKA__SASL_USERNAME -> kafka."sasl.username" is read by hand.
-        fig = fig.merge(
-            Env::prefixed("SIKLUS_")
-                .split("__")
-                .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("kafka")),
-        );
+        fig = fig.merge(Env::prefixed("SIKLUS_").split("__").filter(|k| {
+            // Only the sections of the file: SIKLUS_LOG, SIKLUS_CONFIG and
+            // the like are not configuration keys; [kafka] is read below.
+            let k = k.as_str().to_ascii_lowercase();
+            ["topics.", "processor.", "rules.", "schemas."]
+                .iter()
+                .any(|s| k.starts_with(s))
+        }));
         let mut cfg: Config = fig.extract().map_err(|e| {
             e.into_iter()
                 .map(|e| e.to_string())
@@ -256,6 +259,11 @@ mod tests {
         std::fs::write(&bad, "[processor]\ngroup_idd = \"x\"\n").unwrap();
         let err = Config::load(Some(&bad)).unwrap_err();
         assert!(err.contains("group_idd"), "{err}");
+
+        // Variables of the process that are not configuration are left alone.
+        std::env::set_var("SIKLUS_LOG", "debug");
+        assert!(Config::load(Some(&f)).is_ok());
+        std::env::remove_var("SIKLUS_LOG");
 
         let invalid = dir.path().join("invalid.toml");
         std::fs::write(

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod demo;

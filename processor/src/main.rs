@@ -141,6 +141,12 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Benchmark helpers (see scripts/bench.py).
+    #[command(hide = true)]
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// State snapshots: seed a deployment with the state a replay rebuilt.
     State {
         #[command(subcommand)]
@@ -151,6 +157,35 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Write a generated workload as an Avro container file.
+    WriteAvro {
+        #[arg(long)]
+        customers: u64,
+        #[arg(long)]
+        events_per_customer: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Produce a generated workload to the input topic.
+    Load {
+        #[arg(long)]
+        customers: u64,
+        #[arg(long)]
+        events_per_customer: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Avro (Confluent wire format) instead of JSON.
+        #[arg(long)]
+        avro: bool,
+    },
+    /// Read the whole input topic with a consumer that only counts.
+    Consume,
 }
 
 #[derive(Subcommand, Debug)]
@@ -395,6 +430,38 @@ fn main() -> anyhow::Result<()> {
             }
             w.flush()?;
             eprintln!("wrote {n} events to {}", output.display());
+        }
+        Command::Bench { command } => {
+            let cfg = load()?;
+            let gen = |customers, events_per_customer, seed| siklus::generator::GeneratorConfig {
+                customers,
+                events_per_customer,
+                seed,
+                ..Default::default()
+            };
+            let report = match command {
+                BenchCommand::WriteAvro {
+                    customers,
+                    events_per_customer,
+                    seed,
+                    output,
+                } => serde_json::json!({
+                    "events": siklus::bench::write_avro(gen(customers, events_per_customer, seed), &output)?
+                }),
+                BenchCommand::Load {
+                    customers,
+                    events_per_customer,
+                    seed,
+                    avro,
+                } => serde_json::json!({
+                    "records": siklus::bench::load(&cfg, gen(customers, events_per_customer, seed), avro)?
+                }),
+                BenchCommand::Consume => {
+                    let (n, secs) = siklus::bench::consume(&cfg)?;
+                    serde_json::json!({"records": n, "secs": secs})
+                }
+            };
+            println!("{report}");
         }
         Command::State { command } => {
             let cfg = load()?;

@@ -292,6 +292,15 @@ fn true_end(
     Ok(end)
 }
 
+/// The end of every partition as of now (see `true_end`).
+pub fn ends_at_start(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    resolve(consumer, topic, partitions, &Position::LatestAtStart, true)
+}
+
 fn resolve(
     consumer: &BaseConsumer,
     topic: &str,
