@@ -379,9 +379,10 @@ impl Engine {
             self.counters.late_events += 1;
         }
         if ty == EventType::CustomerErased {
-            self.erase(partition, customer)?;
+            let corrections = self.erase(partition, customer, event.occurred_at)?;
             let state = self.state_mut(partition)?;
             state.aggregator.record_event(event.occurred_at);
+            state.aggregator.record(&[], &corrections);
             return Ok(());
         }
         if ty == EventType::Unknown {
@@ -485,10 +486,37 @@ impl Engine {
         Ok(())
     }
 
-    fn erase(&mut self, partition: u32, customer: &str) -> Result<(), EngineError> {
+    /// Deletes a customer: profile, timer and dedup ids. Returns the gauge
+    /// corrections for the aggregates (the customer leaves the live, paying
+    /// and revenue totals).
+    fn erase(
+        &mut self,
+        partition: u32,
+        customer: &str,
+        at: i64,
+    ) -> Result<Vec<crate::model::TimedSignal>, EngineError> {
+        use crate::model::{Activity, Signal, TimedSignal};
         self.load(partition, customer)?;
         let rules = self.config.rules.clone();
         let state = self.state_mut(partition)?;
+        let mut corrections = Vec::new();
+        if let Some(p) = state.dirty.get(customer).and_then(|e| e.profile.as_ref()) {
+            let mut push = |signal| corrections.push(TimedSignal { at, signal });
+            if matches!(p.activity, Some(Activity::Active) | Some(Activity::AtRisk)) {
+                push(Signal::LiveDelta(-1));
+            }
+            if p.order_count > 0 {
+                push(Signal::PayingDelta(-1));
+            }
+            for (currency, v) in &p.net_revenue {
+                if *v != 0 {
+                    push(Signal::RevenueDelta {
+                        amount_minor: -v,
+                        currency: currency.clone(),
+                    });
+                }
+            }
+        }
         if let Some(entry) = state.dirty.get_mut(customer) {
             if let Some(d) = entry
                 .profile
@@ -503,7 +531,7 @@ impl Engine {
         }
         state.seen.remove(customer);
         self.counters.erasures += 1;
-        Ok(())
+        Ok(corrections)
     }
 
     /// Records event time without moving the watermark (bounded replays).

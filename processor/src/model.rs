@@ -486,6 +486,9 @@ pub enum Signal {
     },
     /// The number of paying customers (order_count > 0) changed by this much.
     PayingDelta(i32),
+    /// The number of live customers (active or at risk) changed by this much
+    /// outside a transition (an erased customer leaves the population).
+    LiveDelta(i32),
 }
 
 /// A signal with the event time it belongs to.

@@ -213,6 +213,12 @@ impl PartitionAggregator {
                     self.gauge(g, g.start(s.at), |c| c.paying_delta += d);
                 }
             }
+            Signal::LiveDelta(d) => {
+                let d = i64::from(*d);
+                for g in Granularity::ALL {
+                    self.gauge(g, g.start(s.at), |c| c.live_delta += d);
+                }
+            }
         }
     }
 

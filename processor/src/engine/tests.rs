@@ -452,3 +452,35 @@ fn an_event_far_in_the_future_is_a_dead_letter_not_a_time_jump() {
         .iter()
         .any(|t| t.customer_id == "a" && t.to_stage == "at_risk"));
 }
+
+#[test]
+fn an_erased_customer_leaves_the_aggregate_gauges() {
+    let d = |s: &str| at(&format!("2024-01-{s}"));
+    let order = InteractionEvent {
+        amount_minor: Some(1000),
+        currency: Some("EUR".into()),
+        order_id: Some("o1".into()),
+        ..ev("e1", "eve", "order.completed", d("02T10:00:00Z"))
+    };
+    let base = vec![
+        ev("b1", "bob", "page.viewed", d("01T10:00:00Z")),
+        order,
+        ev("x1", "eve", "customer.erased", d("03T10:00:00Z")),
+        ev("b2", "bob", "page.viewed", d("06T10:00:00Z")),
+    ];
+    let aggs = aggregate_run(&base);
+    let day = |s: &str| {
+        aggs.iter()
+            .find(|a| {
+                a.granularity == crate::time::Granularity::Day
+                    && a.window_start == d(&format!("{s}T00:00:00Z"))
+            })
+            .cloned()
+            .expect("window")
+    };
+    assert_eq!(day("02").active_at_end, 2);
+    // After the erasure only bob is live, and nobody is paying.
+    assert_eq!(day("03").active_at_end, 1);
+    assert_eq!(day("04").active_at_start, 1);
+    assert!(day("04").avg_clv.is_empty(), "{:?}", day("04").avg_clv);
+}
