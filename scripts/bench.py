@@ -100,6 +100,7 @@ def main():
             n = s["records"]
             if n <= 0 or s["transitions"] <= 0:
                 raise SystemExit(f"replay of {fmt} produced nothing: {s}")
+            print(f"measured: pure processing, {fmt}: {n / wall:,.0f} events/s", file=sys.stderr, flush=True)
             rows.append((f"pure processing, {fmt} (1 core)", f"{n / wall:,.0f} events/s",
                          f"{cpu / (n / 1e6):.2f} CPU-s per M events", f"peak RSS {rss:,.0f} MiB",
                          f"{n:,} events, {a.customers:,} customers"))
@@ -130,9 +131,12 @@ def main():
                             f'[processor]\ngroup_id = "bench"\nstate_dir = "{work}/live-state"\n'
                             f'topic_partitions = 4\nidle_timeout_ms = 600000\n')
                 epc2 = str(a.events_per_customer)
+                print("loading the topic", file=sys.stderr, flush=True)
                 subprocess.run([siklus, "--config", cfg, "bench", "load", "--customers", str(a.e2e_customers),
                                 "--events-per-customer", epc2], check=True, stdout=subprocess.DEVNULL, env=env)
+                print("raw consumer", file=sys.stderr, flush=True)
                 rw, rc, _, rout = measure([siklus, "--config", cfg, "bench", "consume"], env=env)
+                print(f"raw consumer: {rw:.1f}s; siklus run", file=sys.stderr, flush=True)
                 raw = json.loads(rout)
                 sw, sc, srss, _ = measure([siklus, "--config", cfg, "run", "--stop-at-end"], env=env)
                 n = raw["records"]

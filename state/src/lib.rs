@@ -125,8 +125,17 @@ impl Store {
         // point lookups on full keys.
         table.set_bloom_filter(10.0, false);
         table.set_whole_key_filtering(true);
+        // Index and filter blocks live in the bounded block cache, so memory
+        // stays bounded as state grows. They are partitioned into small blocks:
+        // a whole-file filter of a large SST (megabytes) evicted from the
+        // cache would be read and checksummed again on every point lookup.
         table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
 
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
