@@ -633,11 +633,13 @@ impl Engine {
             .get(&partition)
             .and_then(|s| s.store_timer_floor);
         let mut more = false;
-        if floor.is_some_and(|f| f < before) {
+        if let Some(floor) = floor.filter(|f| *f < before) {
             // The store index may hold due timers; those of customers loaded in
             // this step are stale (the pending set has their truth).
             let scan_limit = limit.saturating_add(self.dirty_len(partition));
-            let found = self.store.due_timers(partition, before, scan_limit)?;
+            let found = self
+                .store
+                .timers_between(partition, floor, before, scan_limit)?;
             more = found.len() >= scan_limit && scan_limit != usize::MAX;
             let state = self.state_mut(partition)?;
             for (d, c) in found {
@@ -691,11 +693,14 @@ impl Engine {
                 out.transitions.append(&mut scratch.transitions);
             }
         }
-        if !more {
-            // Everything before `before` has fired: the store holds nothing due
-            // earlier than that any more (after this step's commit).
+        if !more && floor.is_some_and(|f| f < before) {
+            // Everything before `before` has fired: the next scan can wait until
+            // event time passes the earliest deadline left in the store (entries
+            // of customers changed in this step are rewritten at the commit,
+            // which lowers the floor again where needed).
+            let next = self.store.first_timer_from(partition, before)?;
             let state = self.state_mut(partition)?;
-            state.store_timer_floor = state.store_timer_floor.map(|f| f.max(before));
+            state.store_timer_floor = next;
         }
         Ok(more)
     }

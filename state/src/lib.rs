@@ -21,7 +21,7 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
-use keys::{Key, LAYOUT_VERSION, PARTITION_TABLES, TABLE_OFFSET, TABLE_PROFILE, TABLE_TIMER};
+use keys::{Key, LAYOUT_VERSION, PARTITION_TABLES, TABLE_OFFSET, TABLE_PROFILE};
 
 /// Name of the global metadata entry holding the layout version (a `u32`
 /// big-endian). Its key, `[1]['G']"siklus.layout"`, is fixed for all future
@@ -260,11 +260,24 @@ impl Store {
         before: i64,
         limit: usize,
     ) -> Result<Vec<(i64, String)>, StateError> {
+        self.timers_between(partition, i64::MIN, before, limit)
+    }
+
+    /// Timers with `from <= deadline < before`, ascending, at most `limit`.
+    /// Starting at a known lower bound skips the deleted entries of timers
+    /// that already fired (the index is consumed from its low end).
+    pub fn timers_between(
+        &self,
+        partition: u32,
+        from: i64,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StateError> {
         let mut out = Vec::new();
-        if limit == 0 {
+        if limit == 0 || from >= before {
             return Ok(out);
         }
-        let lower = keys::partition_prefix(TABLE_TIMER, partition);
+        let lower = keys::timer_deadline_prefix(partition, from);
         let upper = keys::timer_deadline_prefix(partition, before);
         self.scan(&lower, upper, None, |k, _| match keys::decode(k)? {
             Key::Timer {
@@ -278,6 +291,14 @@ impl Store {
             ))),
         })?;
         Ok(out)
+    }
+
+    /// The earliest timer with a deadline at or after `from`, if any.
+    pub fn first_timer_from(&self, partition: u32, from: i64) -> Result<Option<i64>, StateError> {
+        Ok(self
+            .timers_between(partition, from, i64::MAX, 1)?
+            .first()
+            .map(|(d, _)| *d))
     }
 
     /// The metadata blob `name` of `partition`.

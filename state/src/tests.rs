@@ -370,3 +370,29 @@ fn store_is_send_and_sync() {
     fn send<T: Send>() {}
     send::<Batch>();
 }
+
+#[test]
+fn timers_between_and_first_timer_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let mut b = Batch::new();
+    for (d, c) in [(-5, "a"), (10, "b"), (20, "c"), (20, "d"), (30, "e")] {
+        b.put_timer(1, d, c);
+    }
+    b.put_timer(2, 15, "other-partition");
+    store.write(b).unwrap();
+    let got: Vec<(i64, String)> = store.timers_between(1, 10, 30, 10).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            (10, "b".to_string()),
+            (20, "c".to_string()),
+            (20, "d".to_string())
+        ]
+    );
+    assert_eq!(store.timers_between(1, 10, 30, 2).unwrap().len(), 2);
+    assert!(store.timers_between(1, 30, 30, 10).unwrap().is_empty());
+    assert_eq!(store.first_timer_from(1, 11).unwrap(), Some(20));
+    assert_eq!(store.first_timer_from(1, -10).unwrap(), Some(-5));
+    assert_eq!(store.first_timer_from(1, 31).unwrap(), None);
+}
