@@ -693,14 +693,12 @@ impl Engine {
                 out.transitions.append(&mut scratch.transitions);
             }
         }
-        if !more && floor.is_some_and(|f| f < before) {
-            // Everything before `before` has fired: the next scan can wait until
-            // event time passes the earliest deadline left in the store (entries
-            // of customers changed in this step are rewritten at the commit,
-            // which lowers the floor again where needed).
-            let next = self.store.first_timer_from(partition, before)?;
+        if !more {
+            // Everything before `before` has fired: the store holds nothing due
+            // earlier than that any more (after this step's commit), so the next
+            // scan starts there, past the deleted entries of fired timers.
             let state = self.state_mut(partition)?;
-            state.store_timer_floor = next;
+            state.store_timer_floor = state.store_timer_floor.map(|f| f.max(before));
         }
         Ok(more)
     }
