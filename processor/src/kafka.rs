@@ -759,13 +759,18 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     merge_consumer.subscribe(&[&cfg.partials_topic()])?;
 
     let ends: BTreeMap<u32, i64> = if opts.stop_at_end {
-        (0..partitions)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(&cfg.topics.input, p, Duration::from_secs(10))
-                    .map(|(_, high)| (p as u32, high))
-            })
-            .collect::<Result<_, _>>()?
+        // The true end of each partition (one past its last record), probed
+        // with a consumer of its own: a high watermark reported below the end
+        // (tansu 0.6) would otherwise end the run early, and the final
+        // watermark advance would turn the records left into late events.
+        let mut pc = client_config(cfg);
+        pc.set("group.id", format!("{}.probe", cfg.processor.group_id))
+            .set("enable.auto.commit", "false");
+        let probe: BaseConsumer = pc.create().context("creating the end probe")?;
+        crate::topic_replay::ends_at_start(&probe, &cfg.topics.input, partitions)?
+            .into_iter()
+            .map(|(p, e)| (p as u32, e))
+            .collect()
     } else {
         BTreeMap::new()
     };
