@@ -315,27 +315,40 @@ pub fn commit_checkpoint(
     Ok(())
 }
 
-/// Runs a file replay.
-pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySummary> {
-    let started = Instant::now();
-    let tmp;
-    let state_dir = match &opts.state_dir {
-        Some(d) => d.clone(),
+/// The engine of a replay over its state dir (or a fresh temporary one,
+/// returned so that it lives as long as the engine) and the checkpoint of an
+/// earlier run there. A replay that already finished is not run again over
+/// its own outputs.
+pub fn open_replay(
+    cfg: &Config,
+    state_dir: Option<&Path>,
+    watermark: WatermarkPolicy,
+) -> anyhow::Result<(Engine, Option<Checkpoint>, Option<tempfile::TempDir>)> {
+    let (dir, tmp): (PathBuf, _) = match state_dir {
+        Some(d) => (d.to_path_buf(), None),
         None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
+            let t = tempfile::tempdir()?;
+            (t.path().to_path_buf(), Some(t))
         }
     };
-    let store = Arc::new(Store::open(&state_dir, &cfg.store_options())?);
-    let mut engine = Engine::new(store, cfg.engine(opts.watermark == WatermarkPolicy::Live));
-    engine.assign(0)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let store = Arc::new(Store::open(&dir, &cfg.store_options())?);
+    let engine = Engine::new(store, cfg.engine(watermark == WatermarkPolicy::Live));
     let ckpt = load_checkpoint(&engine)?;
     if ckpt.as_ref().is_some_and(|c| c.finished) {
         anyhow::bail!(
             "the replay in {} already finished; use a fresh --state-dir",
-            state_dir.display()
+            dir.display()
         );
     }
+    Ok((engine, ckpt, tmp))
+}
+
+/// Runs a file replay.
+pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySummary> {
+    let started = Instant::now();
+    let (mut engine, ckpt, _tmp) = open_replay(cfg, opts.state_dir.as_deref(), opts.watermark)?;
+    engine.assign(0)?;
     let mut files = FileOutputs::open(&opts.output_dir, ckpt.as_ref().and_then(|c| c.files))?;
     let mut merger = ckpt.map_or_else(|| Merger::new(1), |c| c.merger);
     let mut out = Outputs::default();

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -13,12 +12,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use siklus_state::Store;
 
 use crate::aggregate::Merger;
 use crate::codec::{DecodeError, Decoder};
 use crate::config::Config;
-use crate::engine::{Engine, Outputs};
+use crate::engine::Outputs;
 use crate::replay::{commit_checkpoint, FileOutputs, ReplaySummary, WatermarkPolicy};
 
 /// A position in every partition of a topic.
@@ -394,17 +392,8 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         _ => None,
     };
 
-    let tmp;
-    let state_dir = match &opts.state_dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
-    std::fs::create_dir_all(&state_dir)?;
-    let store = Arc::new(Store::open(&state_dir, &cfg.store_options())?);
-    let mut engine = Engine::new(store, cfg.engine(opts.watermark == WatermarkPolicy::Live));
+    let (mut engine, ckpt, _tmp) =
+        crate::replay::open_replay(cfg, opts.state_dir.as_deref(), opts.watermark)?;
     let decoder = Decoder::new(cfg.processor.input_format, &cfg.schemas.ids)?;
 
     // Where each partition starts: its stored offset when resuming.
@@ -430,13 +419,6 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
             let rewind = (from - cfg.processor.resume_rewind).max(start);
             tpl.add_partition_offset(&topic, p, Offset::Offset(rewind))?;
         }
-    }
-    let ckpt = crate::replay::load_checkpoint(&engine)?;
-    if ckpt.as_ref().is_some_and(|c| c.finished) {
-        bail!(
-            "the replay in {} already finished; use a fresh --state-dir",
-            state_dir.display()
-        );
     }
     let mut files = match &opts.output_dir {
         Some(d) => Some(FileOutputs::open(d, ckpt.as_ref().and_then(|c| c.files))?),
