@@ -2,7 +2,9 @@
 # Installs what building and testing siklus needs on a fresh Debian machine
 # that has the Rust toolchain, gcc, git and apt:
 #   - libclang (RocksDB bindings), cmake (librdkafka), pkg-config;
-#   - tansu 0.6.0, the Kafka-compatible broker the end-to-end tests start.
+#   - tansu 0.6.0, the Kafka-compatible broker the end-to-end tests start;
+#   - for scripts/bench.py: Quix Streams (the peer it is compared with) and
+#     confluent-kafka (its latency producer and consumer), from PyPI.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 
@@ -23,5 +25,22 @@ TANSU_VERSION=0.6.0
 if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
   echo "setup: installing tansu $TANSU_VERSION (takes several minutes the first time)" >&2
   cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore
+fi
+# Python packages of the benchmark, into the python3 that runs it.
+QUIXSTREAMS_VERSION=3.28.1
+if ! python3 -c "import quixstreams, confluent_kafka" >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "setup: installing python3-pip" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null
+  fi
+  echo "setup: installing quixstreams $QUIXSTREAMS_VERSION (brings confluent-kafka)" >&2
+  pip_args=(install --quiet --disable-pip-version-check "quixstreams==$QUIXSTREAMS_VERSION")
+  # A Debian python3 refuses system-wide installs (PEP 668) without this flag.
+  if python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+    pip_args+=(--break-system-packages)
+  fi
+  python3 -m pip "${pip_args[@]}"
+  python3 -c "import quixstreams, confluent_kafka"
 fi
 echo "setup: done" >&2
