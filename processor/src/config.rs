@@ -117,6 +117,9 @@ pub struct Processor {
     pub block_cache_bytes: usize,
     /// RocksDB memtable size (bytes).
     pub write_buffer_bytes: usize,
+    /// Profiles kept decoded in memory between commits, over all assigned
+    /// partitions (a read cache in front of RocksDB; 0 turns it off).
+    pub profile_cache: usize,
 }
 
 impl Default for Processor {
@@ -138,6 +141,7 @@ impl Default for Processor {
             max_time_jump_ms: 400 * crate::time::DAY_MS,
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
+            profile_cache: crate::engine::DEFAULT_PROFILE_CACHE,
         }
     }
 }
@@ -217,6 +221,7 @@ impl Config {
             allowed_lateness_ms: self.processor.allowed_lateness_ms,
             live_watermark,
             max_time_jump_ms: self.processor.max_time_jump_ms,
+            profile_cache: self.processor.profile_cache,
         }
     }
 

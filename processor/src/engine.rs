@@ -29,10 +29,20 @@ use crate::fold::{self, FoldOutput};
 use crate::model::{EventType, InteractionEvent, Profile, StageTransition};
 use crate::rules::Rules;
 
-/// Version byte in front of every encoded profile value.
-const PROFILE_VERSION: u8 = 1;
+/// Version byte of profile values that carry no event ids (older stores):
+/// their ids are all in the seen table.
+const PROFILE_VERSION_1: u8 = 1;
+/// Version byte of profile values: the profile, then the customer's most
+/// recent event-id hashes and whether older ones spilled to the seen table.
+const PROFILE_VERSION: u8 = 2;
+/// Event-id hashes kept in the profile value itself. Older ones move to the
+/// seen table, so a customer with at most this many events costs no seen-table
+/// lookups or writes at all.
+pub const RECENT_IDS: usize = 16;
 /// Longest customer or event id accepted (bytes); longer ones are dead letters.
 pub const MAX_ID_BYTES: usize = 1024;
+/// Default of [`EngineConfig::profile_cache`].
+pub const DEFAULT_PROFILE_CACHE: usize = 100_000;
 /// Partition metadata: clock and aggregator.
 const META_CLOCK: &str = "clock";
 const META_AGG: &str = "aggregator";
@@ -70,6 +80,9 @@ pub struct EngineConfig {
     /// An event more than this far ahead of its partition's latest event time
     /// is a dead letter (ms; default 400 days).
     pub max_time_jump_ms: i64,
+    /// Profiles kept in memory between commits, over all partitions (a
+    /// cache of the store: a hit saves a RocksDB read and a decode).
+    pub profile_cache: usize,
 }
 
 impl Default for EngineConfig {
@@ -79,6 +92,7 @@ impl Default for EngineConfig {
             allowed_lateness_ms: 3_600_000,
             live_watermark: true,
             max_time_jump_ms: 400 * crate::time::DAY_MS,
+            profile_cache: DEFAULT_PROFILE_CACHE,
         }
     }
 }
@@ -153,10 +167,33 @@ pub struct Clock {
     pub watermark: Option<i64>,
 }
 
-/// A profile loaded into the current step.
-struct Dirty {
+/// The deduplication memory of one customer that travels with its profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenIds {
+    /// Hashes of the most recent event ids, oldest first (at most [`RECENT_IDS`]).
+    pub recent: Vec<u64>,
+    /// Whether older hashes live in the store's seen table.
+    pub spilled: bool,
+}
+
+/// A profile value as stored: the profile and its dedup memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredProfile {
+    /// The profile.
+    pub profile: Profile,
+    /// Recent event ids of the customer.
+    pub seen: SeenIds,
+}
+
+/// A customer's profile held in memory: loaded for the current step, or kept
+/// from earlier steps as a cache of the store (then it equals the store).
+struct Entry {
     /// `None` once erased.
     profile: Option<Profile>,
+    /// Recent event ids (travels with the profile value).
+    seen: SeenIds,
+    /// Hashes pushed out of `seen.recent` in this step, for the seen table.
+    spill: Vec<u64>,
     /// The deadline the store's timer index holds for this customer.
     stored_deadline: Option<i64>,
     /// Whether the store holds a profile for the customer.
@@ -165,6 +202,10 @@ struct Dirty {
     changed: bool,
     /// Whether the customer's dedup entries must be forgotten (erasure).
     forget_seen: bool,
+    /// Whether the entry is in the current step's dirty list.
+    in_step: bool,
+    /// The step that last used the entry (for eviction).
+    used: u64,
 }
 
 struct PartitionState {
@@ -172,10 +213,14 @@ struct PartitionState {
     clock: Clock,
     clock_dirty: bool,
     aggregator: PartitionAggregator,
-    dirty: HashMap<String, Dirty>,
-    /// Event-id hashes marked seen in this step, per customer.
-    seen: HashMap<String, Vec<u64>>,
-    /// Deadlines of dirty profiles, for timers due before the commit.
+    /// Profiles in memory: this step's and a bounded cache of earlier ones.
+    cache: HashMap<String, Entry>,
+    /// Customers of `cache` touched since the last commit.
+    dirty: Vec<String>,
+    /// Whether the next offset moved since the last commit.
+    offset_dirty: bool,
+    /// Deadlines of the profiles in `cache` (the truth for those customers;
+    /// the store's index may be stale for them until the commit).
     pending_timers: BTreeSet<(i64, String)>,
     /// No deadline in the store index is earlier than this.
     store_timer_floor: Option<i64>,
@@ -188,6 +233,8 @@ pub struct Engine {
     partitions: BTreeMap<u32, PartitionState>,
     scratch: FoldOutput,
     counters: Counters,
+    /// Commits so far (the cache's clock).
+    steps: u64,
 }
 
 impl Engine {
@@ -199,6 +246,7 @@ impl Engine {
             partitions: BTreeMap::new(),
             scratch: FoldOutput::default(),
             counters: Counters::default(),
+            steps: 0,
         }
     }
 
@@ -245,8 +293,9 @@ impl Engine {
                 clock,
                 clock_dirty: false,
                 aggregator,
-                dirty: HashMap::new(),
-                seen: HashMap::new(),
+                cache: HashMap::new(),
+                dirty: Vec::new(),
+                offset_dirty: false,
                 pending_timers: BTreeSet::new(),
                 store_timer_floor: floor,
             },
@@ -310,6 +359,7 @@ impl Engine {
             .get_mut(&partition)
             .ok_or(EngineError::NotAssigned(partition))?;
         state.next_offset = Some(offset + 1);
+        state.offset_dirty = true;
         let max_seen = state.clock.max_event_time;
         let max_jump = self.config.max_time_jump_ms;
         let record = record.and_then(|e| {
@@ -366,6 +416,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let hash = xxh3_64(event.event_id.as_bytes());
         let customer = event.customer_id.as_str();
+        self.load(partition, customer)?;
         if self.is_duplicate(partition, customer, hash)? {
             self.counters.duplicates += 1;
             return Ok(());
@@ -388,7 +439,6 @@ impl Engine {
         if ty == EventType::Unknown {
             self.counters.unknown_types += 1;
         }
-        self.load(partition, customer)?;
         let rules = &self.config.rules;
         let scratch = &mut self.scratch;
         scratch.clear();
@@ -396,19 +446,24 @@ impl Engine {
             .partitions
             .get_mut(&partition)
             .ok_or(EngineError::NotAssigned(partition))?;
-        let Some(entry) = state.dirty.get_mut(customer) else {
+        let Some(entry) = state.cache.get_mut(customer) else {
             return Err(EngineError::NotAssigned(partition));
         };
+        if !entry.in_step {
+            entry.in_step = true;
+            state.dirty.push(customer.to_string());
+        }
         let profile = entry.profile.get_or_insert_with(|| Profile::new(customer));
         let before = fold::next_deadline(profile, rules);
         fold::apply_event(profile, event, rules, scratch);
         let after = fold::next_deadline(profile, rules);
         entry.changed = true;
-        state
-            .seen
-            .entry(customer.to_string())
-            .or_default()
-            .push(hash);
+        if entry.seen.recent.len() >= RECENT_IDS {
+            let oldest = entry.seen.recent.remove(0);
+            entry.spill.push(oldest);
+            entry.seen.spilled = true;
+        }
+        entry.seen.recent.push(hash);
         if before != after {
             if let Some(d) = before {
                 state.pending_timers.remove(&(d, customer.to_string()));
@@ -433,39 +488,45 @@ impl Engine {
             .ok_or(EngineError::NotAssigned(partition))
     }
 
+    /// Whether a loaded customer already saw the event id with `hash`: in
+    /// the recent ids of the profile, among the ids spilled in this step, or
+    /// (only when older ids spilled) in the store's seen table.
     fn is_duplicate(&self, partition: u32, customer: &str, hash: u64) -> Result<bool, EngineError> {
         let Some(state) = self.partitions.get(&partition) else {
             return Err(EngineError::NotAssigned(partition));
         };
-        if state
-            .seen
-            .get(customer)
-            .is_some_and(|hs| hs.contains(&hash))
-        {
+        let Some(entry) = state.cache.get(customer) else {
+            return Err(EngineError::NotAssigned(partition));
+        };
+        if entry.seen.recent.contains(&hash) || entry.spill.contains(&hash) {
             return Ok(true);
         }
-        if state.dirty.get(customer).is_some_and(|d| d.forget_seen) {
-            // Erased in this step: the store's entries are about to be forgotten.
+        if !entry.seen.spilled || entry.forget_seen {
+            // Nothing older, or erased in this step (the store's entries are
+            // about to be forgotten, and those spilled since are in `spill`).
             return Ok(false);
         }
         Ok(self.store.seen(partition, customer, hash)?)
     }
 
-    /// Brings a customer's profile into the step (from the store if needed).
+    /// Brings a customer's profile into memory (from the store if it is not cached).
     fn load(&mut self, partition: u32, customer: &str) -> Result<(), EngineError> {
         let state = self
             .partitions
             .get_mut(&partition)
             .ok_or(EngineError::NotAssigned(partition))?;
-        if state.dirty.contains_key(customer) {
+        let step = self.steps;
+        if let Some(entry) = state.cache.get_mut(customer) {
+            entry.used = step;
             return Ok(());
         }
-        let profile = match self.store.profile(partition, customer)? {
-            Some(bytes) => Some(
-                decode_profile(&bytes)
-                    .map_err(|reason| EngineError::Corrupt { partition, reason })?,
-            ),
-            None => None,
+        let (profile, seen) = match self.store.profile(partition, customer)? {
+            Some(bytes) => {
+                let stored = decode_stored_profile(&bytes)
+                    .map_err(|reason| EngineError::Corrupt { partition, reason })?;
+                (Some(stored.profile), stored.seen)
+            }
+            None => (None, SeenIds::default()),
         };
         let stored_deadline = profile
             .as_ref()
@@ -473,14 +534,18 @@ impl Engine {
         if let Some(d) = stored_deadline {
             state.pending_timers.insert((d, customer.to_string()));
         }
-        state.dirty.insert(
+        state.cache.insert(
             customer.to_string(),
-            Dirty {
+            Entry {
                 stored: profile.is_some(),
                 profile,
+                seen,
+                spill: Vec::new(),
                 stored_deadline,
                 changed: false,
                 forget_seen: false,
+                in_step: false,
+                used: step,
             },
         );
         Ok(())
@@ -500,7 +565,7 @@ impl Engine {
         let rules = self.config.rules.clone();
         let state = self.state_mut(partition)?;
         let mut corrections = Vec::new();
-        if let Some(p) = state.dirty.get(customer).and_then(|e| e.profile.as_ref()) {
+        if let Some(p) = state.cache.get(customer).and_then(|e| e.profile.as_ref()) {
             let mut push = |signal| corrections.push(TimedSignal { at, signal });
             if matches!(p.activity, Some(Activity::Active) | Some(Activity::AtRisk)) {
                 push(Signal::LiveDelta(-1));
@@ -517,7 +582,11 @@ impl Engine {
                 }
             }
         }
-        if let Some(entry) = state.dirty.get_mut(customer) {
+        if let Some(entry) = state.cache.get_mut(customer) {
+            if !entry.in_step {
+                entry.in_step = true;
+                state.dirty.push(customer.to_string());
+            }
             if let Some(d) = entry
                 .profile
                 .as_ref()
@@ -528,8 +597,9 @@ impl Engine {
             entry.profile = None;
             entry.changed = true;
             entry.forget_seen = true;
+            entry.seen = SeenIds::default();
+            entry.spill.clear();
         }
-        state.seen.remove(customer);
         self.counters.erasures += 1;
         Ok(corrections)
     }
@@ -636,14 +706,14 @@ impl Engine {
         if let Some(floor) = floor.filter(|f| *f < before) {
             // The store index may hold due timers; those of customers loaded in
             // this step are stale (the pending set has their truth).
-            let scan_limit = limit.saturating_add(self.dirty_len(partition));
+            let scan_limit = limit.saturating_add(self.cached_len(partition));
             let found = self
                 .store
                 .timers_between(partition, floor, before, scan_limit)?;
             more = found.len() >= scan_limit && scan_limit != usize::MAX;
             let state = self.state_mut(partition)?;
             for (d, c) in found {
-                if !state.dirty.contains_key(&c) {
+                if !state.cache.contains_key(&c) {
                     due.insert((d, c));
                 }
             }
@@ -665,7 +735,7 @@ impl Engine {
             let Some(state) = self.partitions.get_mut(&partition) else {
                 return Err(EngineError::NotAssigned(partition));
             };
-            let Some(entry) = state.dirty.get_mut(&customer) else {
+            let Some(entry) = state.cache.get_mut(&customer) else {
                 continue;
             };
             let Some(profile) = entry.profile.as_mut() else {
@@ -674,6 +744,13 @@ impl Engine {
             let before_deadline = fold::next_deadline(profile, rules);
             fold::advance_to(profile, before, rules, scratch);
             let after_deadline = fold::next_deadline(profile, rules);
+            if before_deadline != after_deadline || !scratch.transitions.is_empty() {
+                entry.changed = true;
+                if !entry.in_step {
+                    entry.in_step = true;
+                    state.dirty.push(customer.clone());
+                }
+            }
             if before_deadline != after_deadline {
                 if let Some(d) = before_deadline {
                     state.pending_timers.remove(&(d, customer.clone()));
@@ -683,7 +760,6 @@ impl Engine {
                 }
             }
             if !scratch.transitions.is_empty() {
-                entry.changed = true;
                 fired += 1;
                 state
                     .aggregator
@@ -703,8 +779,8 @@ impl Engine {
         Ok(more)
     }
 
-    fn dirty_len(&self, partition: u32) -> usize {
-        self.partitions.get(&partition).map_or(0, |s| s.dirty.len())
+    fn cached_len(&self, partition: u32) -> usize {
+        self.partitions.get(&partition).map_or(0, |s| s.cache.len())
     }
 
     fn store_timer_floor(&self, partition: u32) -> Result<Option<i64>, EngineError> {
@@ -715,9 +791,19 @@ impl Engine {
             .map(|(d, _)| *d))
     }
 
-    /// Number of profiles held in memory by the current step.
+    /// Number of profiles changed by the current step (plus one per
+    /// partition whose input offset moved): zero when a commit has nothing
+    /// to write.
     pub fn step_size(&self) -> usize {
-        self.partitions.values().map(|s| s.dirty.len()).sum()
+        self.partitions
+            .values()
+            .map(|s| s.dirty.len() + usize::from(s.offset_dirty))
+            .sum()
+    }
+
+    /// Number of profiles held in memory (this step's and the cache).
+    pub fn cached_profiles(&self) -> usize {
+        self.partitions.values().map(|s| s.cache.len()).sum()
     }
 
     /// Writes everything processed since the last commit, with the next input
@@ -731,8 +817,12 @@ impl Engine {
     /// atomic batch (a replay's output positions and merge state).
     pub fn commit_with(&mut self, mut batch: Batch) -> Result<(), EngineError> {
         let rules = self.config.rules.clone();
+        let per_partition = self.config.profile_cache / self.partitions.len().max(1);
         for (&partition, state) in self.partitions.iter_mut() {
-            for (customer, entry) in state.dirty.drain() {
+            for customer in state.dirty.drain(..) {
+                let Some(entry) = state.cache.get_mut(&customer) else {
+                    continue;
+                };
                 if entry.forget_seen {
                     batch.forget_seen(partition, &customer);
                 }
@@ -750,20 +840,33 @@ impl Engine {
                             Some(state.store_timer_floor.map_or(d, |f| f.min(d)));
                     }
                 }
+                // After the range delete of an erasure, so ids spilled since stay.
+                for h in &entry.spill {
+                    batch.mark_seen(partition, &customer, *h);
+                }
                 if entry.changed {
                     match &entry.profile {
-                        Some(p) => batch.put_profile(partition, &customer, &encode_profile(p)),
+                        Some(p) => batch.put_profile(
+                            partition,
+                            &customer,
+                            &encode_stored_profile(p, &entry.seen),
+                        ),
                         None if entry.stored => batch.delete_profile(partition, &customer),
                         None => {}
                     }
                 }
+                // From here on the entry equals the store (once the batch is written).
+                entry.stored_deadline = new_deadline;
+                entry.stored = entry.profile.is_some();
+                entry.spill.clear();
+                entry.changed = false;
+                entry.forget_seen = false;
+                entry.in_step = false;
             }
-            for (customer, hashes) in state.seen.drain() {
-                for h in hashes {
-                    batch.mark_seen(partition, &customer, h);
-                }
+            state.offset_dirty = false;
+            if state.cache.len() > per_partition {
+                evict(state, per_partition - per_partition / 4, &rules);
             }
-            state.pending_timers.clear();
             if let Some(next) = state.next_offset {
                 batch.set_offset(partition, next);
             }
@@ -783,6 +886,7 @@ impl Engine {
             batch.put_meta(partition, META_AGG, &agg);
         }
         self.store.write(batch)?;
+        self.steps += 1;
         Ok(())
     }
 
@@ -798,22 +902,67 @@ impl Engine {
     }
 }
 
-/// Encodes a profile value: a version byte, then postcard.
-pub fn encode_profile(p: &Profile) -> Vec<u8> {
-    let mut buf = vec![PROFILE_VERSION];
-    // Serializing a plain struct into a Vec cannot fail.
-    if let Ok(body) = postcard::to_stdvec(p) {
-        buf.extend_from_slice(&body);
+/// Shrinks a partition's cache (all clean, right after a commit) to `keep`
+/// entries, dropping the least recently used ones and their pending timers.
+fn evict(state: &mut PartitionState, keep: usize, rules: &Rules) {
+    let mut ages: Vec<(u64, &String)> = state.cache.iter().map(|(k, e)| (e.used, k)).collect();
+    if ages.len() <= keep {
+        return;
     }
+    let cut = ages.len() - keep;
+    ages.select_nth_unstable(cut - 1);
+    let victims: Vec<String> = ages[..cut].iter().map(|(_, k)| (*k).clone()).collect();
+    for customer in victims {
+        if let Some(entry) = state.cache.remove(&customer) {
+            if let Some(d) = entry
+                .profile
+                .as_ref()
+                .and_then(|p| fold::next_deadline(p, rules))
+            {
+                state.pending_timers.remove(&(d, customer));
+            }
+        }
+    }
+}
+
+/// Encodes a profile value with no recent event ids (tests and imports).
+pub fn encode_profile(p: &Profile) -> Vec<u8> {
+    encode_stored_profile(p, &SeenIds::default())
+}
+
+/// Encodes a profile value: a version byte, then postcard of the profile and
+/// of its recent event ids.
+pub fn encode_stored_profile(p: &Profile, seen: &SeenIds) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256);
+    buf.push(PROFILE_VERSION);
+    // Serializing plain structs into a Vec cannot fail.
+    let _ = postcard::to_io(p, &mut buf);
+    let _ = postcard::to_io(seen, &mut buf);
     buf
 }
 
-/// Decodes a profile value written by [`encode_profile`].
+/// Decodes the profile of a value written by [`encode_stored_profile`].
 pub fn decode_profile(bytes: &[u8]) -> Result<Profile, String> {
+    decode_stored_profile(bytes).map(|s| s.profile)
+}
+
+/// Decodes a profile value with its recent event ids. A value of the first
+/// version has all its ids in the seen table (`spilled`).
+pub fn decode_stored_profile(bytes: &[u8]) -> Result<StoredProfile, String> {
     match bytes.split_first() {
         Some((&PROFILE_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| format!("profile: {e}"))
+            let (profile, rest) =
+                postcard::take_from_bytes(body).map_err(|e| format!("profile: {e}"))?;
+            let seen = postcard::from_bytes(rest).map_err(|e| format!("profile ids: {e}"))?;
+            Ok(StoredProfile { profile, seen })
         }
+        Some((&PROFILE_VERSION_1, body)) => Ok(StoredProfile {
+            profile: postcard::from_bytes(body).map_err(|e| format!("profile: {e}"))?,
+            seen: SeenIds {
+                recent: Vec::new(),
+                spilled: true,
+            },
+        }),
         Some((v, _)) => Err(format!("profile value version {v} is not supported")),
         None => Err("empty profile value".into()),
     }

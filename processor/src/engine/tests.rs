@@ -18,11 +18,18 @@ fn ev(id: &str, customer: &str, ty: &str, t: i64) -> InteractionEvent {
 }
 
 fn open(dir: &std::path::Path, live: bool) -> Engine {
+    open_with_cache(dir, live, DEFAULT_PROFILE_CACHE)
+}
+
+/// An engine whose profile cache holds at most `cache` profiles (tiny ones
+/// evict at every commit).
+fn open_with_cache(dir: &std::path::Path, live: bool, cache: usize) -> Engine {
     let store = Arc::new(Store::open(dir, &Default::default()).expect("store"));
     let mut e = Engine::new(
         store,
         EngineConfig {
             live_watermark: live,
+            profile_cache: cache,
             ..Default::default()
         },
     );
@@ -170,6 +177,85 @@ fn duplicates_are_ignored_across_commits() {
         .unwrap();
     assert_eq!(engine.counters().duplicates, 2);
     assert_eq!(engine.counters().events, 1);
+}
+
+/// Ids older than the profile's recent ring move to the seen table and are
+/// still recognised: within a step, across commits, and never after an erasure.
+#[test]
+fn duplicates_of_old_ids_are_found_after_they_spill() {
+    let n = RECENT_IDS as i64 * 3;
+    for (every, cache) in [(1usize, 0usize), (7, 1), (7, 1000), (1000, 1000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = open_with_cache(dir.path(), true, cache);
+        let t0 = at("2024-01-01T00:00:00Z");
+        let mut events: Vec<_> = (0..n)
+            .map(|i| ev(&format!("e{i}"), "c", "page.viewed", t0 + i))
+            .collect();
+        // Every id again, oldest first: all duplicates.
+        events.extend((0..n).map(|i| ev(&format!("e{i}"), "c", "page.viewed", t0 + n + i)));
+        drive(&mut engine, &events, every, None);
+        assert_eq!(engine.counters().events, n as u64, "commit every {every}");
+        assert_eq!(
+            engine.counters().duplicates,
+            n as u64,
+            "commit every {every}"
+        );
+        let stored =
+            decode_stored_profile(&engine.store().profile(0, "c").unwrap().unwrap()).unwrap();
+        assert_eq!(stored.seen.recent.len(), RECENT_IDS);
+        assert!(stored.seen.spilled);
+        assert!(engine.store().seen(0, "c", xxh3_64(b"e0")).unwrap());
+        // Erased: the spilled ids are forgotten with the profile.
+        let mut out = Outputs::default();
+        let next = 2 * n;
+        engine
+            .process(
+                0,
+                next,
+                Ok(ev("x", "c", "customer.erased", t0 + 3 * n)),
+                &mut out,
+            )
+            .unwrap();
+        engine
+            .process(
+                0,
+                next + 1,
+                Ok(ev("e0", "c", "page.viewed", t0 + 3 * n + 1)),
+                &mut out,
+            )
+            .unwrap();
+        engine.commit().unwrap();
+        assert_eq!(engine.counters().events, n as u64 + 1);
+        assert!(!engine.store().seen(0, "c", xxh3_64(b"e1")).unwrap());
+    }
+}
+
+#[test]
+fn profiles_of_the_first_value_version_keep_deduplicating() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = open(dir.path(), true);
+    let t0 = at("2024-01-01T00:00:00Z");
+    let mut profile = Profile::new("old");
+    let mut scratch = FoldOutput::default();
+    fold::apply_event(
+        &mut profile,
+        &ev("e1", "old", "page.viewed", t0),
+        &engine.config().rules.clone(),
+        &mut scratch,
+    );
+    let mut v1 = vec![PROFILE_VERSION_1];
+    v1.extend(postcard::to_stdvec(&profile).unwrap());
+    let mut b = Batch::new();
+    b.put_profile(0, "old", &v1);
+    b.mark_seen(0, "old", xxh3_64(b"e1"));
+    engine.store().write(b).unwrap();
+    assert_eq!(decode_profile(&v1).unwrap(), profile);
+    let mut out = Outputs::default();
+    engine
+        .process(0, 0, Ok(ev("e1", "old", "page.viewed", t0)), &mut out)
+        .unwrap();
+    assert_eq!(engine.counters().duplicates, 1);
+    assert_eq!(engine.counters().events, 0);
 }
 
 #[test]
@@ -331,19 +417,20 @@ proptest! {
         let d1 = tempfile::tempdir().unwrap();
         let d2 = tempfile::tempdir().unwrap();
         let oa = drive(&mut open(d1.path(), false), &a, 5, Some(end));
-        let ob = drive(&mut open(d2.path(), false), &b, 7, Some(end));
+        let ob = drive(&mut open_with_cache(d2.path(), false, 3), &b, 7, Some(end));
         prop_assert_eq!(by_customer(&oa.transitions), by_customer(&ob.transitions));
     }
 
     /// Live policy: however the input is cut into commits, the outputs are
     /// byte-identical, in the same order.
     #[test]
-    fn commit_boundaries_change_nothing((per, picks) in arb_population(), every in 1usize..9) {
+    fn commit_boundaries_change_nothing((per, picks) in arb_population(), every in 1usize..9, cache in 0usize..6) {
         let input = interleave(&per, &picks);
         let d1 = tempfile::tempdir().unwrap();
         let d2 = tempfile::tempdir().unwrap();
         let oa = drive(&mut open(d1.path(), true), &input, 1000, None);
-        let ob = drive(&mut open(d2.path(), true), &input, every, None);
+        // A profile cache of a few entries: evictions at every commit change nothing.
+        let ob = drive(&mut open_with_cache(d2.path(), true, cache), &input, every, None);
         prop_assert_eq!(json(&oa.transitions), json(&ob.transitions));
     }
 
@@ -492,7 +579,7 @@ proptest! {
     /// random points leave the same final profiles and the same transitions
     /// (by seq) as an uninterrupted run.
     #[test]
-    fn crashes_and_restarts_change_nothing((per, picks) in arb_population(), cuts in prop::collection::vec((0usize..60, 1usize..5), 0..6)) {
+    fn crashes_and_restarts_change_nothing((per, picks) in arb_population(), cuts in prop::collection::vec((0usize..60, 1usize..5), 0..6), cache in 0usize..6) {
         let mut input = interleave(&per, &picks);
         input.sort_by_key(|e| e.occurred_at);
         let end = at("2027-06-01T00:00:00Z");
@@ -500,7 +587,7 @@ proptest! {
         let whole = drive(&mut open(d1.path(), true), &input, 3, Some(end));
 
         let d2 = tempfile::tempdir().unwrap();
-        let mut engine = open(d2.path(), true);
+        let mut engine = open_with_cache(d2.path(), true, cache);
         let mut got: BTreeMap<(String, u64), Vec<u8>> = BTreeMap::new();
         let mut out = Outputs::default();
         let mut i = 0usize;
@@ -516,7 +603,7 @@ proptest! {
                 crash_at.remove(0);
                 // Crash: the uncommitted step is lost; restart from the store.
                 drop(engine);
-                engine = open(d2.path(), true);
+                engine = open_with_cache(d2.path(), true, cache);
                 i = engine.next_offset(0).unwrap_or(0) as usize;
                 continue;
             }
