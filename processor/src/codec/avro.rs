@@ -207,6 +207,16 @@ impl<'a> Datum<'a> {
 /// Decodes a datum written with exactly the embedded `siklus.InteractionEvent`
 /// schema, without validating it.
 pub(crate) fn decode_event_datum(buf: &[u8]) -> Result<InteractionEvent, DecodeError> {
+    let (e, used) = decode_event_prefix(buf)?;
+    if used != buf.len() {
+        return Err(trailing(buf.len() - used));
+    }
+    Ok(e)
+}
+
+/// Decodes the datum at the start of `buf` (embedded schema); returns the
+/// event and the number of bytes it took.
+fn decode_event_prefix(buf: &[u8]) -> Result<(InteractionEvent, usize), DecodeError> {
     let mut d = Datum { buf, pos: 0 };
     let e = InteractionEvent {
         event_id: d.string("event_id")?,
@@ -235,10 +245,7 @@ pub(crate) fn decode_event_datum(buf: &[u8]) -> Result<InteractionEvent, DecodeE
             None
         },
     };
-    if d.pos != buf.len() {
-        return Err(trailing(buf.len() - d.pos));
-    }
-    Ok(e)
+    Ok((e, d.pos))
 }
 
 // ---------------------------------------------------------------------------
@@ -562,13 +569,38 @@ pub fn encode_event_avro_wire(e: &InteractionEvent, schema_id: u32) -> Vec<u8> {
 /// (any compatible writer schema, resolved against the embedded one). Each
 /// record is mapped and validated; after a read error the iterator ends.
 ///
+/// A file written with exactly the embedded schema and no compression (what
+/// `siklus bench write-avro` and [`write_avro_container`] write) is decoded
+/// block by block with the hand-written datum reader; any other file goes
+/// through apache-avro with schema resolution.
+///
 /// Fails up front when the header is not an Avro container header or its
 /// schema cannot be read as `siklus.InteractionEvent`.
-pub fn read_avro_container<R: Read>(
-    reader: R,
-) -> Result<impl Iterator<Item = Result<InteractionEvent, DecodeError>>, CodecError> {
+pub fn read_avro_container<R: Read>(mut reader: R) -> Result<ContainerEvents<R>, CodecError> {
     let schema = interaction_event_schema()?;
-    let r = apache_avro::Reader::with_schema(schema, reader)
+    let mut tee = Tee {
+        inner: &mut reader,
+        seen: Vec::new(),
+    };
+    let header = read_container_header(&mut tee);
+    let seen = tee.seen;
+    if let Ok(h) = &header {
+        let plain = matches!(h.codec.as_deref(), None | Some("null"));
+        let embedded = Schema::parse_str(&h.schema).is_ok_and(|w| &w == schema);
+        if plain && embedded {
+            return Ok(ContainerEvents(Inner::Fast(FastBlocks {
+                reader,
+                sync: h.sync,
+                block: Vec::new(),
+                pos: 0,
+                remaining: 0,
+                done: false,
+            })));
+        }
+    }
+    // Everything else (and every malformed header, for apache-avro's error
+    // message): apache-avro over the bytes read so far and the rest.
+    let r = apache_avro::Reader::with_schema(schema, std::io::Cursor::new(seen).chain(reader))
         .map_err(|e| CodecError::Avro(format!("not an Avro container file: {e}")))?;
     SchemaCompatibility::can_read(r.writer_schema(), schema).map_err(|e| {
         CodecError::IncompatibleSchema {
@@ -576,12 +608,211 @@ pub fn read_avro_container<R: Read>(
             reason: e.to_string(),
         }
     })?;
-    Ok(r.map(|item| {
-        let value = item.map_err(|e| DecodeError::NotAvro(e.to_string()))?;
-        let event = event_from_value(value)?;
-        validate(&event)?;
-        Ok(event)
-    }))
+    Ok(ContainerEvents(Inner::Resolved(r)))
+}
+
+/// The events of an Avro container file, from [`read_avro_container`].
+pub struct ContainerEvents<R: Read>(Inner<R>);
+
+enum Inner<R: Read> {
+    Fast(FastBlocks<R>),
+    Resolved(apache_avro::Reader<'static, std::io::Chain<std::io::Cursor<Vec<u8>>, R>>),
+}
+
+impl<R: Read> Iterator for ContainerEvents<R> {
+    type Item = Result<InteractionEvent, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            Inner::Fast(f) => f.next(),
+            Inner::Resolved(r) => r.next().map(|item| {
+                let value = item.map_err(|e| DecodeError::NotAvro(e.to_string()))?;
+                let event = event_from_value(value)?;
+                validate(&event)?;
+                Ok(event)
+            }),
+        }
+    }
+}
+
+/// Records every byte read through it (so a header can be read twice).
+struct Tee<'r, R: Read> {
+    inner: &'r mut R,
+    seen: Vec<u8>,
+}
+
+impl<R: Read> Tee<'_, R> {
+    fn byte(&mut self) -> std::io::Result<u8> {
+        let mut b = [0u8; 1];
+        self.inner.read_exact(&mut b)?;
+        self.seen.push(b[0]);
+        Ok(b[0])
+    }
+
+    fn exact(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        self.inner.read_exact(&mut v)?;
+        self.seen.extend_from_slice(&v);
+        Ok(v)
+    }
+}
+
+/// Reads an Avro `long` from a byte source.
+fn read_varint(mut byte: impl FnMut() -> std::io::Result<u8>) -> std::io::Result<i64> {
+    let mut n: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let b = byte()?;
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(((n >> 1) as i64) ^ -((n & 1) as i64));
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "varint longer than 10 bytes",
+    ))
+}
+
+struct ContainerHeader {
+    schema: String,
+    codec: Option<String>,
+    sync: [u8; 16],
+}
+
+fn bad_header(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Reads the header of a container file: magic, metadata map, sync marker.
+fn read_container_header<R: Read>(t: &mut Tee<'_, R>) -> std::io::Result<ContainerHeader> {
+    if t.exact(4)? != b"Obj\x01" {
+        return Err(bad_header("no Avro container magic"));
+    }
+    let (mut schema, mut codec) = (None, None);
+    loop {
+        let mut count = read_varint(|| t.byte())?;
+        if count == 0 {
+            break;
+        }
+        if count < 0 {
+            count = -count;
+            read_varint(|| t.byte())?; // the block's size in bytes
+        }
+        for _ in 0..count {
+            let klen = read_varint(|| t.byte())?;
+            let key = t.exact(usize::try_from(klen).map_err(|_| bad_header("key length"))?)?;
+            let vlen = read_varint(|| t.byte())?;
+            if !(0..1 << 24).contains(&vlen) {
+                return Err(bad_header("metadata value length"));
+            }
+            let value = t.exact(vlen as usize)?;
+            let text = String::from_utf8(value).map_err(|_| bad_header("metadata not UTF-8"))?;
+            match key.as_slice() {
+                b"avro.schema" => schema = Some(text),
+                b"avro.codec" => codec = Some(text),
+                _ => {}
+            }
+        }
+    }
+    let sync: [u8; 16] = t
+        .exact(16)?
+        .try_into()
+        .map_err(|_| bad_header("sync marker"))?;
+    Ok(ContainerHeader {
+        schema: schema.ok_or_else(|| bad_header("no avro.schema"))?,
+        codec,
+        sync,
+    })
+}
+
+/// Uncompressed blocks of embedded-schema datums.
+struct FastBlocks<R: Read> {
+    reader: R,
+    sync: [u8; 16],
+    block: Vec<u8>,
+    pos: usize,
+    remaining: i64,
+    done: bool,
+}
+
+impl<R: Read> FastBlocks<R> {
+    /// Reads the next block; `Ok(false)` at a clean end of file.
+    fn next_block(&mut self) -> Result<bool, DecodeError> {
+        let io = |e: std::io::Error| DecodeError::NotAvro(format!("container block: {e}"));
+        let mut first = [0u8; 1];
+        if self.reader.read(&mut first).map_err(io)? == 0 {
+            return Ok(false);
+        }
+        let mut pending = Some(first[0]);
+        let reader = &mut self.reader;
+        let mut byte = || -> std::io::Result<u8> {
+            if let Some(b) = pending.take() {
+                return Ok(b);
+            }
+            let mut b = [0u8; 1];
+            reader.read_exact(&mut b)?;
+            Ok(b[0])
+        };
+        let count = read_varint(&mut byte).map_err(io)?;
+        let size = read_varint(&mut byte).map_err(io)?;
+        if count < 0 || !(0..1 << 31).contains(&size) {
+            return Err(DecodeError::NotAvro(format!(
+                "container block of {count} records in {size} bytes"
+            )));
+        }
+        self.block.resize(size as usize, 0);
+        self.reader.read_exact(&mut self.block).map_err(io)?;
+        let mut sync = [0u8; 16];
+        self.reader.read_exact(&mut sync).map_err(io)?;
+        if sync != self.sync {
+            return Err(DecodeError::NotAvro(
+                "container block does not end with the file's sync marker".into(),
+            ));
+        }
+        self.pos = 0;
+        self.remaining = count;
+        Ok(true)
+    }
+
+    fn step(&mut self) -> Option<Result<InteractionEvent, DecodeError>> {
+        while self.remaining == 0 {
+            if self.pos != self.block.len() {
+                return Some(Err(trailing(self.block.len() - self.pos)));
+            }
+            match self.next_block() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        self.remaining -= 1;
+        Some(
+            decode_event_prefix(&self.block[self.pos..]).and_then(|(e, used)| {
+                self.pos += used;
+                validate(&e)?;
+                Ok(e)
+            }),
+        )
+    }
+}
+
+impl<R: Read> Iterator for FastBlocks<R> {
+    type Item = Result<InteractionEvent, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.step();
+        match &item {
+            None => self.done = true,
+            // A datum that does not decode leaves the rest of its block
+            // unreadable; an invalid (but decoded) event does not.
+            Some(Err(DecodeError::NotAvro(_))) => self.done = true,
+            Some(_) => {}
+        }
+        item
+    }
 }
 
 /// Writes events to an Avro object container file (embedded schema, no
