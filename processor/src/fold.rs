@@ -41,15 +41,17 @@ pub fn transition_id(customer_id: &str, seq: u64) -> String {
     h.update(&[0]);
     h.update(&seq.to_be_bytes());
     let v = h.digest128();
-    let s = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &s[0..8],
-        &s[8..12],
-        &s[12..16],
-        &s[16..20],
-        &s[20..32]
-    )
+    // 8-4-4-4-12 lowercase hex digits of the 128-bit hash, like a UUID.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        let nibble = (v >> (124 - 4 * i)) & 0xf;
+        out.push(HEX[nibble as usize] as char);
+    }
+    out
 }
 
 /// Applies one event: first fires the customer's deadlines earlier than the

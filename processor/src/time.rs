@@ -114,10 +114,55 @@ fn month_start_ms(y: i32, m: u32) -> i64 {
 
 /// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision.
 pub fn format_rfc3339(ms: i64) -> String {
-    match Utc.timestamp_millis_opt(ms).single() {
-        Some(dt) => dt.to_rfc3339_opts(SecondsFormat::Millis, true),
-        None => ms.to_string(),
+    let mut buf = [0u8; 24];
+    match write_rfc3339(ms, &mut buf) {
+        Some(s) => s.to_string(),
+        None => match Utc.timestamp_millis_opt(ms).single() {
+            Some(dt) => dt.to_rfc3339_opts(SecondsFormat::Millis, true),
+            None => ms.to_string(),
+        },
     }
+}
+
+/// Formats `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` into `buf` without allocating;
+/// `None` outside years 0000..=9999 (use [`format_rfc3339`] there).
+pub fn write_rfc3339(ms: i64, buf: &mut [u8; 24]) -> Option<&str> {
+    // Howard Hinnant's civil-from-days.
+    let days = ms.div_euclid(DAY_MS);
+    let in_day = ms.rem_euclid(DAY_MS);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let put = |buf: &mut [u8; 24], at: usize, width: usize, mut v: i64| {
+        for i in (0..width).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(buf, 0, 4, year);
+    buf[4] = b'-';
+    put(buf, 5, 2, month);
+    buf[7] = b'-';
+    put(buf, 8, 2, day);
+    buf[10] = b'T';
+    put(buf, 11, 2, in_day / 3_600_000);
+    buf[13] = b':';
+    put(buf, 14, 2, in_day / 60_000 % 60);
+    buf[16] = b':';
+    put(buf, 17, 2, in_day / 1000 % 60);
+    buf[19] = b'.';
+    put(buf, 20, 3, in_day % 1000);
+    buf[23] = b'Z';
+    std::str::from_utf8(buf).ok()
 }
 
 /// Parses RFC 3339 (any offset) into epoch milliseconds.
@@ -130,6 +175,29 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The allocation-free formatter agrees with chrono over years 0..=9999.
+        #[test]
+        fn rfc3339_writer_matches_chrono(ms in -62_167_219_200_000i64..253_402_300_800_000i64) {
+            let mut buf = [0u8; 24];
+            let want = Utc
+                .timestamp_millis_opt(ms)
+                .single()
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Millis, true);
+            proptest::prop_assert_eq!(write_rfc3339(ms, &mut buf), Some(want.as_str()));
+        }
+    }
+
+    #[test]
+    fn rfc3339_outside_four_digit_years_falls_back() {
+        let mut buf = [0u8; 24];
+        assert_eq!(write_rfc3339(-62_167_219_200_001, &mut buf), None);
+        assert_eq!(write_rfc3339(253_402_300_800_000, &mut buf), None);
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
 
     fn ms(s: &str) -> i64 {
         parse_rfc3339(s).unwrap()
@@ -182,7 +250,11 @@ pub mod rfc3339 {
 
     /// Writes RFC 3339 UTC.
     pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_rfc3339(*ms))
+        let mut buf = [0u8; 24];
+        match super::write_rfc3339(*ms, &mut buf) {
+            Some(text) => s.serialize_str(text),
+            None => s.serialize_str(&super::format_rfc3339(*ms)),
+        }
     }
 
     /// Reads RFC 3339 or epoch millis.
@@ -227,7 +299,7 @@ pub mod rfc3339_opt {
     /// Writes RFC 3339 UTC or null.
     pub fn serialize<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
         match ms {
-            Some(ms) => s.serialize_str(&super::format_rfc3339(*ms)),
+            Some(ms) => super::rfc3339::serialize(ms, s),
             None => s.serialize_none(),
         }
     }

@@ -282,6 +282,11 @@ fn transition_ids_are_stable() {
     assert_ne!(transition_id("c1", 1), transition_id("c1", 2));
     assert_ne!(transition_id("c1", 1), transition_id("c2", 1));
     assert_eq!(transition_id("c1", 1).len(), 36);
+    // Pinned: ids must never change between versions (consumers deduplicate by them).
+    assert_eq!(
+        transition_id("cust-000000", 1),
+        "70bc9282-0d0e-6159-69c4-f8bdf1677305"
+    );
 }
 
 const TYPES: &[&str] = &[
