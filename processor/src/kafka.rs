@@ -59,7 +59,7 @@ pub struct RunOptions {
 }
 
 /// What a run did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RunSummary {
     /// Engine counters at the end.
     pub counters: crate::engine::Counters,
@@ -67,6 +67,10 @@ pub struct RunSummary {
     pub aggregates: u64,
     /// Cohort cells emitted by this instance.
     pub cohort_cells: u64,
+    /// With `--stop-at-end`: seconds from the first input record polled to
+    /// the commit of the step that applied the last record before the input's
+    /// end (the processing span, without the group join and end detection).
+    pub processing_secs: Option<f64>,
 }
 
 fn client_config(cfg: &Config) -> ClientConfig {
@@ -788,6 +792,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     let mut last_input = Instant::now();
     let mut last_assigned: Vec<u32> = Vec::new();
     let mut last_merge_input = Instant::now();
+    let mut first_input: Option<Instant> = None;
     metrics.ready.store(true, Ordering::Relaxed);
 
     loop {
@@ -820,6 +825,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         metrics.events_in.fetch_add(n as u64, Ordering::Relaxed);
         if n > 0 {
             last_input = Instant::now();
+            first_input.get_or_insert(last_input);
         }
         {
             let mut w = lock(&worker);
@@ -864,6 +870,17 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                     w.rewind(&consumer, cfg.processor.resume_rewind);
                 }
                 last_commit = Instant::now();
+            }
+            if opts.stop_at_end && summary.processing_secs.is_none() {
+                let assigned = w.engine.assigned();
+                let applied_all = assigned.len() == ends.len()
+                    && ends.iter().all(|(p, high)| {
+                        *high == 0 || w.engine.next_offset(*p).is_some_and(|n| n >= *high)
+                    });
+                if let (true, Some(first)) = (applied_all && w.engine.step_size() == 0, first_input)
+                {
+                    summary.processing_secs = Some(first.elapsed().as_secs_f64());
+                }
             }
             let c = w.engine.counters();
             metrics.set_counters(&c);

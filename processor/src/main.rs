@@ -305,6 +305,9 @@ fn main() -> anyhow::Result<()> {
                 metrics,
             )?;
             tracing::info!(counters = ?summary.counters, "stopped");
+            if stop_at_end {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
         }
         Command::Replay {
             input,
