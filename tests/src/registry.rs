@@ -148,28 +148,25 @@ async fn by_id(State(s): State<Shared>, Path(id): Path<u32>, headers: HeaderMap)
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Stored, Response> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, 42201, &e.to_string()))?;
-    let schema = v["schema"]
-        .as_str()
-        .ok_or_else(|| error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "no schema"))?
-        .to_string();
+/// The schema of a registration or lookup body; `Err` is the 422 message.
+fn parse_body(body: &Bytes) -> Result<Stored, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let schema = v["schema"].as_str().ok_or("no schema")?.to_string();
     let schema_type = v["schemaType"]
         .as_str()
         .filter(|t| *t != "AVRO")
         .map(str::to_string);
     if schema_type.is_none() && apache_avro::Schema::parse_str(&schema).is_err() {
-        return Err(error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            42201,
-            "Invalid schema",
-        ));
+        return Err("Invalid schema".into());
     }
     Ok(Stored {
         schema,
         schema_type,
     })
+}
+
+fn invalid(message: String) -> Response {
+    error(StatusCode::UNPROCESSABLE_ENTITY, 42201, &message)
 }
 
 fn same(a: &Stored, b: &Stored) -> bool {
@@ -201,7 +198,7 @@ async fn register(
     }
     let new = match parse_body(&body) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(m) => return invalid(m),
     };
     let mut g = s.lock();
     let existing = g
@@ -236,7 +233,7 @@ async fn lookup(
     }
     let wanted = match parse_body(&body) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(m) => return invalid(m),
     };
     let g = s.lock();
     let Some(versions) = g.subjects.get(&subject) else {
