@@ -28,6 +28,8 @@ pub struct Config {
     pub rules: Rules,
     /// Confluent wire-format schema ids mapped to writer schema files.
     pub schemas: Schemas,
+    /// The Schema Registry, when input and output schemas live in one.
+    pub schema_registry: SchemaRegistry,
 }
 
 impl Default for Config {
@@ -43,6 +45,7 @@ impl Default for Config {
             processor: Processor::default(),
             rules: Rules::default(),
             schemas: Schemas::default(),
+            schema_registry: SchemaRegistry::default(),
         }
     }
 }
@@ -61,6 +64,9 @@ pub struct Topics {
     pub cohorts: String,
     /// Dead letters out.
     pub dlq: String,
+    /// Segment-style `Audience Entered` / `Audience Exited` events out
+    /// (key: customer_id); empty (the default) turns them off.
+    pub segment: String,
 }
 
 impl Default for Topics {
@@ -71,6 +77,7 @@ impl Default for Topics {
             aggregates: "siklus.aggregates".into(),
             cohorts: "siklus.cohorts".into(),
             dlq: "siklus.dlq".into(),
+            segment: String::new(),
         }
     }
 }
@@ -154,6 +161,103 @@ pub struct Schemas {
     pub ids: BTreeMap<u32, PathBuf>,
 }
 
+/// A Confluent Schema Registry (or a compatible one: Apicurio's `ccompat`
+/// API, Redpanda's). With `url` set, Avro input is decoded with the writer
+/// schema its Confluent header names, fetched from the registry, and Avro
+/// output schemas are registered under `<topic>-value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaRegistry {
+    /// Base URL, e.g. `https://registry:8081` (empty: no registry).
+    pub url: String,
+    /// `user:password` for HTTP basic auth (Confluent's `basic.auth.user.info`).
+    pub basic_auth_user_info: String,
+    /// PEM file of the CA that signed the registry's certificate (default:
+    /// the system's trust store).
+    pub ssl_ca_location: Option<PathBuf>,
+    /// PEM file of the client certificate, for mutual TLS.
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (PKCS#8).
+    pub ssl_key_location: Option<PathBuf>,
+    /// Register the output schemas at start-up (`POST
+    /// /subjects/{subject}/versions`); when false they must already be
+    /// registered, and their ids are looked up (`POST /subjects/{subject}`).
+    pub auto_register: bool,
+    /// Timeout of one HTTP request (ms).
+    pub timeout_ms: u64,
+    /// First wait before retrying an unreachable registry (ms); it doubles
+    /// on each failure up to `retry_backoff_max_ms`.
+    pub retry_backoff_ms: u64,
+    /// Longest wait between two retries (ms).
+    pub retry_backoff_max_ms: u64,
+}
+
+impl Default for SchemaRegistry {
+    fn default() -> Self {
+        SchemaRegistry {
+            url: String::new(),
+            basic_auth_user_info: String::new(),
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            auto_register: true,
+            timeout_ms: 10_000,
+            retry_backoff_ms: 100,
+            retry_backoff_max_ms: 10_000,
+        }
+    }
+}
+
+impl SchemaRegistry {
+    /// Whether a registry is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+
+    /// Checks the section: a well-formed http(s) URL, `user:password`,
+    /// readable TLS files, a key only with a certificate, sane timings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enabled() {
+            let url = reqwest::Url::parse(self.url.trim())
+                .map_err(|e| format!("schema_registry.url {:?} is not a URL: {e}", self.url))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(format!(
+                    "schema_registry.url {:?} must be http:// or https://",
+                    self.url
+                ));
+            }
+        }
+        if !self.basic_auth_user_info.is_empty() && !self.basic_auth_user_info.contains(':') {
+            return Err("schema_registry.basic_auth_user_info must be user:password".into());
+        }
+        for (key, path) in [
+            ("ssl_ca_location", &self.ssl_ca_location),
+            ("ssl_certificate_location", &self.ssl_certificate_location),
+            ("ssl_key_location", &self.ssl_key_location),
+        ] {
+            if let Some(p) = path {
+                std::fs::metadata(p)
+                    .map_err(|e| format!("schema_registry.{key} {}: {e}", p.display()))?;
+            }
+        }
+        if self.ssl_key_location.is_some() != self.ssl_certificate_location.is_some() {
+            return Err(
+                "schema_registry.ssl_certificate_location and ssl_key_location go together".into(),
+            );
+        }
+        if self.timeout_ms == 0 {
+            return Err("schema_registry.timeout_ms must be positive".into());
+        }
+        if self.retry_backoff_ms == 0 || self.retry_backoff_max_ms < self.retry_backoff_ms {
+            return Err(
+                "schema_registry.retry_backoff_ms must be positive and at most retry_backoff_max_ms"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Loads defaults, then the file (if any), then `SIKLUS_*` variables.
     pub fn load(file: Option<&Path>) -> Result<Config, String> {
@@ -170,9 +274,15 @@ impl Config {
             // Only the sections of the file: SIKLUS_LOG, SIKLUS_CONFIG and
             // the like are not configuration keys; [kafka] is read below.
             let k = k.as_str().to_ascii_lowercase();
-            ["topics.", "processor.", "rules.", "schemas."]
-                .iter()
-                .any(|s| k.starts_with(s))
+            [
+                "topics.",
+                "processor.",
+                "rules.",
+                "schemas.",
+                "schema_registry.",
+            ]
+            .iter()
+            .any(|s| k.starts_with(s))
         }));
         let mut cfg: Config = fig.extract().map_err(|e| {
             e.into_iter()
@@ -211,6 +321,7 @@ impl Config {
         if self.processor.topic_partitions < 1 {
             return Err("processor.topic_partitions must be at least 1".into());
         }
+        self.schema_registry.validate()?;
         Ok(())
     }
 
@@ -277,5 +388,56 @@ mod tests {
         )
         .unwrap();
         assert!(Config::load(Some(&invalid)).is_err());
+    }
+
+    #[test]
+    fn schema_registry_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "pem").unwrap();
+        let f = dir.path().join("siklus.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "[topics]\nsegment = \"siklus.segment\"\n[schema_registry]\nurl = \"https://registry:8081\"\nbasic_auth_user_info = \"svc:pw\"\nssl_ca_location = \"{}\"\nauto_register = false\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&f)).unwrap();
+        assert!(cfg.schema_registry.enabled());
+        assert_eq!(cfg.schema_registry.url, "https://registry:8081");
+        assert_eq!(cfg.schema_registry.basic_auth_user_info, "svc:pw");
+        assert_eq!(
+            cfg.schema_registry.ssl_ca_location.as_deref(),
+            Some(ca.as_path())
+        );
+        assert!(!cfg.schema_registry.auto_register);
+        assert_eq!(cfg.topics.segment, "siklus.segment");
+        assert!(!Config::default().schema_registry.enabled());
+
+        let check = |text: &str| {
+            let bad = dir.path().join("bad.toml");
+            std::fs::write(&bad, text).unwrap();
+            Config::load(Some(&bad)).unwrap_err()
+        };
+        let err = check("[schema_registry]\nurll = \"http://r\"\n");
+        assert!(err.contains("urll"), "{err}");
+        let err = check("[schema_registry]\nurl = \"ftp://r\"\n");
+        assert!(err.contains("http"), "{err}");
+        let err =
+            check("[schema_registry]\nurl = \"http://r\"\nbasic_auth_user_info = \"nopassword\"\n");
+        assert!(err.contains("user:password"), "{err}");
+        let err = check(
+            "[schema_registry]\nurl = \"https://r\"\nssl_ca_location = \"/nonexistent/ca.pem\"\n",
+        );
+        assert!(err.contains("ssl_ca_location"), "{err}");
+        let err = check(&format!(
+            "[schema_registry]\nurl = \"https://r\"\nssl_key_location = \"{}\"\n",
+            ca.display()
+        ));
+        assert!(err.contains("go together"), "{err}");
+        let err = check("[schema_registry]\nretry_backoff_ms = 500\nretry_backoff_max_ms = 100\n");
+        assert!(err.contains("retry_backoff"), "{err}");
     }
 }

@@ -37,10 +37,15 @@ use siklus_state::{Batch, Store};
 use tracing::{debug, info, warn};
 
 use crate::aggregate::{Aggregate, CohortCell, Merger, Partial};
-use crate::codec::{DecodeError, Decoder, TransitionEncoder};
+use crate::codec::registry::{value_subject, RegistryClient};
+use crate::codec::{DecodeError, Decoder, OutputFormat, TransitionEncoder, STAGE_TRANSITION_AVSC};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, Outputs};
 use crate::metrics::Metrics;
+
+/// How long start-up waits for an unreachable Schema Registry to register
+/// the output schemas before giving up.
+const REGISTRY_STARTUP_WAIT: Duration = Duration::from_secs(60);
 
 const MERGE_STATE: &str = "merge.state";
 const MERGE_OFFSET: &str = "merge.offset";
@@ -71,6 +76,52 @@ pub struct RunSummary {
     /// the commit of the step that applied the last record before the input's
     /// end (the processing span, without the group join and end detection).
     pub processing_secs: Option<f64>,
+}
+
+/// The input decoder the configuration asks for: schema files by id, or the
+/// Schema Registry when one is configured.
+pub fn input_decoder(cfg: &Config) -> anyhow::Result<Decoder> {
+    let decoder = Decoder::new(cfg.processor.input_format, &cfg.schemas.ids)?;
+    if !cfg.schema_registry.enabled() {
+        return Ok(decoder);
+    }
+    let client = RegistryClient::new(&cfg.schema_registry)?;
+    info!(
+        url = client.url(),
+        "input writer schemas come from the schema registry"
+    );
+    Ok(decoder.with_registry(client))
+}
+
+/// The schema id written in the Confluent header of Avro transitions: with
+/// a Schema Registry, the id of `siklus.StageTransition` under the subject
+/// `<transitions topic>-value`, registered at start-up (or only looked up
+/// when `auto_register` is off); otherwise `processor.output_schema_id`.
+/// An unreachable registry is retried with backoff for up to a minute.
+pub fn transitions_schema_id(cfg: &Config) -> anyhow::Result<u32> {
+    if cfg.processor.output_format != OutputFormat::Avro || !cfg.schema_registry.enabled() {
+        return Ok(cfg.processor.output_schema_id);
+    }
+    let client = RegistryClient::new(&cfg.schema_registry)?;
+    let subject = value_subject(&cfg.topics.transitions);
+    let deadline = Instant::now() + REGISTRY_STARTUP_WAIT;
+    let id = client
+        .retrying(
+            &|| Instant::now() >= deadline,
+            |e, wait| {
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "schema registry unavailable at start-up; retrying")
+            },
+            |c| {
+                if cfg.schema_registry.auto_register {
+                    c.register(&subject, STAGE_TRANSITION_AVSC)
+                } else {
+                    c.lookup(&subject, STAGE_TRANSITION_AVSC)
+                }
+            },
+        )
+        .with_context(|| format!("output schema of subject {subject}"))?;
+    info!(%subject, schema_id = id, "output schema registered");
+    Ok(id)
 }
 
 fn client_config(cfg: &Config) -> ClientConfig {
@@ -105,7 +156,7 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
         .unwrap_or(cfg.processor.topic_partitions);
     let rf = cfg.processor.replication_factor;
     let partials = cfg.partials_topic();
-    let wanted: Vec<(String, i32, bool)> = vec![
+    let mut wanted: Vec<(String, i32, bool)> = vec![
         (cfg.topics.input.clone(), parts, false),
         (cfg.topics.transitions.clone(), parts, false),
         (cfg.topics.dlq.clone(), 1, false),
@@ -114,6 +165,9 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
         // One partition: the merge stage sees every partition's partials in order.
         (partials, 1, false),
     ];
+    if !cfg.topics.segment.is_empty() {
+        wanted.push((cfg.topics.segment.clone(), parts, false));
+    }
     let new: Vec<NewTopic> = wanted
         .iter()
         .filter(|(n, _, _)| !existing.contains_key(n))
@@ -205,6 +259,8 @@ pub struct OutputSink {
     producer: ThreadedProducer<DeliveryContext>,
     encoder: TransitionEncoder,
     transitions_topic: String,
+    /// Segment-style audience events, when turned on.
+    segment_topic: Option<String>,
     partials_topic: String,
     aggregates_topic: String,
     cohorts_topic: String,
@@ -234,9 +290,10 @@ impl OutputSink {
             producer,
             encoder: TransitionEncoder::new(
                 cfg.processor.output_format,
-                cfg.processor.output_schema_id,
+                transitions_schema_id(cfg)?,
             )?,
             transitions_topic: cfg.topics.transitions.clone(),
+            segment_topic: (!cfg.topics.segment.is_empty()).then(|| cfg.topics.segment.clone()),
             partials_topic: cfg.partials_topic(),
             aggregates_topic: cfg.topics.aggregates.clone(),
             cohorts_topic: cfg.topics.cohorts.clone(),
@@ -301,6 +358,11 @@ impl OutputSink {
                 &payload,
                 None,
             );
+            if let Some(topic) = &self.segment_topic {
+                for e in crate::segment::audience_events(t) {
+                    self.send(topic, t.customer_id.as_bytes(), &e.to_json(), None);
+                }
+            }
         }
         for p in &out.partials {
             self.send(&self.partials_topic, p.key().as_bytes(), &p.encode(), None);
@@ -703,7 +765,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             },
         )?;
     }
-    let decoder = Decoder::new(cfg.processor.input_format, &cfg.schemas.ids)?;
+    let mut decoder = input_decoder(cfg)?;
     let sink = Arc::new(OutputSink::new(cfg)?);
     let engine = Engine::new(store.clone(), cfg.engine(true));
     let worker = Arc::new(Mutex::new(Worker {
@@ -810,9 +872,14 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             timeout = Duration::ZERO;
             match msg {
                 Ok(m) => {
-                    n += 1;
                     let mut w = lock(&worker);
-                    handle_message(&mut w, &decoder, &m)?;
+                    let stop = || opts.shutdown.load(Ordering::Relaxed);
+                    if !handle_message(&mut w, &mut decoder, &m, &stop)? {
+                        // Shut down while waiting for the schema registry:
+                        // the record stays unapplied and is read again on restart.
+                        break;
+                    }
+                    n += 1;
                     last_seen.insert(m.partition() as u32, Instant::now());
                 }
                 Err(e) => {
@@ -823,6 +890,9 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             }
         }
         metrics.events_in.fetch_add(n as u64, Ordering::Relaxed);
+        metrics
+            .registry_retries
+            .store(decoder.registry_retries(), Ordering::Relaxed);
         if n > 0 {
             last_input = Instant::now();
             first_input.get_or_insert(last_input);
@@ -925,15 +995,24 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     Ok(summary)
 }
 
+/// Decodes and applies one record. Returns false, without applying it,
+/// when `stop` turned true while its writer schema was being fetched from
+/// an unreachable registry.
 fn handle_message(
     w: &mut Worker,
-    decoder: &Decoder,
+    decoder: &mut Decoder,
     m: &BorrowedMessage<'_>,
-) -> anyhow::Result<()> {
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<bool> {
     let partition = m.partition() as u32;
     let offset = m.offset();
     if w.engine.skip_if_applied(partition, offset) {
-        return Ok(());
+        return Ok(true);
+    }
+    if let Some(bytes) = m.payload() {
+        if decoder.fetch_schema(bytes, stop).is_err() {
+            return Ok(false);
+        }
     }
     if let Some(next) = w.engine.next_offset(partition) {
         if offset > next {
@@ -977,10 +1056,10 @@ fn handle_message(
     let r = w.engine.process(partition, offset, decoded, &mut out);
     w.out = out;
     match r {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(EngineError::NotAssigned(p)) => {
             debug!(partition = p, "record of a partition no longer assigned");
-            Ok(())
+            Ok(true)
         }
         Err(e) => Err(e.into()),
     }

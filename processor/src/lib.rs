@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod replay;
 pub mod rules;
+pub mod segment;
 pub mod snapshot;
 pub mod time;
 pub mod topic_replay;

@@ -340,8 +340,11 @@ fn main() -> anyhow::Result<()> {
                         &mut cfg.topics.aggregates,
                         &mut cfg.topics.cohorts,
                         &mut cfg.topics.dlq,
+                        &mut cfg.topics.segment,
                     ] {
-                        *t = format!("{t}.{suffix}");
+                        if !t.is_empty() {
+                            *t = format!("{t}.{suffix}");
+                        }
                     }
                     cfg.processor.group_id = format!("{}.{suffix}", cfg.processor.group_id);
                     siklus::kafka::ensure_topics(&cfg)?;
@@ -511,6 +514,13 @@ fn parse_until(until: Option<&str>) -> anyhow::Result<Option<i64>> {
     }
 }
 
+/// The configuration as printed by `config check`, with the registry
+/// password masked.
 fn toml_string(cfg: &Config) -> anyhow::Result<String> {
-    Ok(serde_json::to_string_pretty(cfg)?)
+    let mut shown = cfg.clone();
+    let info = &mut shown.schema_registry.basic_auth_user_info;
+    if let Some((user, _)) = info.split_once(':') {
+        *info = format!("{user}:***");
+    }
+    Ok(serde_json::to_string_pretty(&shown)?)
 }

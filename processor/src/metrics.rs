@@ -38,6 +38,8 @@ pub struct Metrics {
     pub erasures: AtomicU64,
     /// Input offsets skipped by the broker between two records of a partition.
     pub offset_gaps: AtomicU64,
+    /// Schema Registry calls that failed (unreachable, 5xx) and were retried.
+    pub registry_retries: AtomicU64,
     /// Input partitions assigned to this instance.
     pub assigned: AtomicU64,
     /// Whether the processor is consuming (for `/readyz`).
@@ -61,7 +63,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let rows: [(&str, &str, &AtomicU64, &str); 15] = [
+        let rows: [(&str, &str, &AtomicU64, &str); 16] = [
             ("siklus_input_offset_gaps_total", "Input offsets never delivered between two records (transaction markers or a broker fault)", &self.offset_gaps, "counter"),
             ("siklus_records_in_total", "Records read from the input topic", &self.events_in, "counter"),
             ("siklus_events_applied_total", "Events applied to profiles", &self.events_applied, "counter"),
@@ -76,6 +78,7 @@ impl Metrics {
             ("siklus_failed_steps_total", "Steps redone after an undelivered output", &self.failed_steps, "counter"),
             ("siklus_consumer_errors_total", "Consumer errors", &self.consumer_errors, "counter"),
             ("siklus_erasures_total", "Customers erased", &self.erasures, "counter"),
+            ("siklus_schema_registry_retries_total", "Schema Registry calls that failed and were retried", &self.registry_retries, "counter"),
             ("siklus_assigned_partitions", "Input partitions assigned", &self.assigned, "gauge"),
         ];
         for (name, help, v, kind) in rows {

@@ -14,7 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::aggregate::Merger;
-use crate::codec::{DecodeError, Decoder};
+use crate::codec::DecodeError;
 use crate::config::Config;
 use crate::engine::Outputs;
 use crate::replay::{commit_checkpoint, FileOutputs, ReplaySummary, WatermarkPolicy};
@@ -394,7 +394,7 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
 
     let (mut engine, ckpt, _tmp) =
         crate::replay::open_replay(cfg, opts.state_dir.as_deref(), opts.watermark)?;
-    let decoder = Decoder::new(cfg.processor.input_format, &cfg.schemas.ids)?;
+    let mut decoder = crate::kafka::input_decoder(cfg)?;
 
     // Where each partition starts: its stored offset when resuming.
     let mut ranges: BTreeMap<i32, Range> = BTreeMap::new();
@@ -492,7 +492,11 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
                 }
                 let decoded = match m.payload() {
                     None => Err(DecodeError::MissingField("value")),
-                    Some(b) => decoder.decode(b),
+                    Some(b) => {
+                        // An unreachable registry is waited for, never blamed on the record.
+                        decoder.fetch_schema(b, &|| false)?;
+                        decoder.decode(b)
+                    }
                 };
                 if decoded.is_err() {
                     let text = m

@@ -4,6 +4,8 @@
 //!
 //! A missing broker binary is a failure, never a skip.
 
+pub mod registry;
+
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -608,7 +608,7 @@ pub fn read_avro_container<R: Read>(mut reader: R) -> Result<ContainerEvents<R>,
             reason: e.to_string(),
         }
     })?;
-    Ok(ContainerEvents(Inner::Resolved(r)))
+    Ok(ContainerEvents(Inner::Resolved(Box::new(r))))
 }
 
 /// The events of an Avro container file, from [`read_avro_container`].
@@ -616,7 +616,8 @@ pub struct ContainerEvents<R: Read>(Inner<R>);
 
 enum Inner<R: Read> {
     Fast(FastBlocks<R>),
-    Resolved(apache_avro::Reader<'static, std::io::Chain<std::io::Cursor<Vec<u8>>, R>>),
+    // Boxed: apache-avro's reader is several hundred bytes.
+    Resolved(Box<apache_avro::Reader<'static, std::io::Chain<std::io::Cursor<Vec<u8>>, R>>>),
 }
 
 impl<R: Read> Iterator for ContainerEvents<R> {

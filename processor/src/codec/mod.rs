@@ -15,6 +15,7 @@ use crate::model::{InteractionEvent, StageTransition};
 
 mod avro;
 mod json;
+pub mod registry;
 pub mod wire;
 
 #[cfg(test)]
@@ -28,6 +29,7 @@ pub use avro::{
 pub use json::{decode_json_line, encode_event_json, transition_json};
 
 use avro::WriterSchema;
+use registry::{RegistryClient, RegistryError};
 
 /// The schema id of the embedded `siklus.InteractionEvent` schema when no
 /// Schema Registry is configured.
@@ -69,6 +71,18 @@ pub enum DecodeError {
     /// The Confluent header names a schema id with no known writer schema.
     #[error("unknown Avro schema id {0}")]
     UnknownSchemaId(u32),
+    /// The Schema Registry answered that it has no schema with this id.
+    #[error("Avro schema id {0} is not in the schema registry")]
+    SchemaNotInRegistry(u32),
+    /// The registry's schema for this id cannot be read as
+    /// `siklus.InteractionEvent` (not Avro, not valid, or incompatible).
+    #[error("Avro schema id {id} cannot be read as siklus.InteractionEvent: {reason}")]
+    UnusableSchema {
+        /// The schema id.
+        id: u32,
+        /// Why.
+        reason: String,
+    },
     /// A required field is absent, null or empty.
     #[error("missing required field {0}")]
     MissingField(&'static str),
@@ -83,12 +97,14 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// A short stable label: `json`, `avro`, `schema_id`, `missing_field` or `invalid_field`.
+    /// A short stable label: `json`, `avro`, `schema_id` (unknown id),
+    /// `schema` (unusable writer schema), `missing_field` or `invalid_field`.
     pub fn kind(&self) -> &'static str {
         match self {
             DecodeError::NotJson(_) => "json",
             DecodeError::NotAvro(_) => "avro",
-            DecodeError::UnknownSchemaId(_) => "schema_id",
+            DecodeError::UnknownSchemaId(_) | DecodeError::SchemaNotInRegistry(_) => "schema_id",
+            DecodeError::UnusableSchema { .. } => "schema",
             DecodeError::MissingField(_) => "missing_field",
             DecodeError::InvalidField { .. } => "invalid_field",
         }
@@ -138,16 +154,31 @@ pub enum CodecError {
     OutOfRange(String),
 }
 
+/// At most this many schema ids are remembered as rejected; past it the
+/// memory is cleared (a flood of garbage ids must not grow it without bound).
+const MAX_REJECTED_IDS: usize = 10_000;
+
 /// Decodes input records into validated [`InteractionEvent`]s.
 ///
 /// Avro records carry a schema id (Confluent wire format). Each id maps to a
 /// writer schema: by default id 1 is the embedded `siklus.InteractionEvent`
 /// schema; configuration can map more ids to `.avsc` files, which are
 /// resolved against the embedded (reader) schema with Avro schema resolution.
+///
+/// With a Schema Registry ([`Decoder::with_registry`]), the writer schemas of
+/// ids not known yet are fetched by [`Decoder::fetch_schema`] and kept; the
+/// registry's schemas replace the embedded id 1 and the configured files.
 #[derive(Debug)]
 pub struct Decoder {
     format: InputFormat,
     writers: BTreeMap<u32, WriterSchema>,
+    /// The registry writer schemas come from, when there is one.
+    registry: Option<RegistryClient>,
+    /// Ids the registry does not know or whose schema siklus cannot read,
+    /// with the reason given to each of their records.
+    rejected: BTreeMap<u32, DecodeError>,
+    /// Failed registry calls that were retried.
+    registry_retries: u64,
 }
 
 impl Decoder {
@@ -162,6 +193,9 @@ impl Decoder {
         let mut d = Decoder {
             format,
             writers: BTreeMap::new(),
+            registry: None,
+            rejected: BTreeMap::new(),
+            registry_retries: 0,
         };
         d.writers
             .insert(DEFAULT_EVENT_SCHEMA_ID, WriterSchema::Embedded);
@@ -191,6 +225,105 @@ impl Decoder {
     /// Whether `schema_id` has a writer schema.
     pub fn knows_schema(&self, schema_id: u32) -> bool {
         self.writers.contains_key(&schema_id)
+    }
+
+    /// Takes writer schemas from `registry`: every schema id is the
+    /// registry's, so the embedded id 1 and configured files are dropped.
+    pub fn with_registry(mut self, registry: RegistryClient) -> Decoder {
+        self.writers.clear();
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Failed registry calls retried so far (a metric).
+    pub fn registry_retries(&self) -> u64 {
+        self.registry_retries
+    }
+
+    /// Makes sure [`Decoder::decode`] can decode `bytes`: for an Avro record
+    /// whose schema id is new, fetches the writer schema from the registry.
+    ///
+    /// An unreachable registry (connection refused, timeout, 5xx, a refused
+    /// login) is retried with exponential backoff until it answers: the
+    /// record is never blamed for it. A definite answer is kept: a schema
+    /// siklus can read is used for every record of its id; an id the
+    /// registry does not know, or a schema that cannot be resolved against
+    /// `siklus.InteractionEvent`, makes `decode` reject the id's records
+    /// with the reason (they go to the dead-letter topic).
+    ///
+    /// Without a registry, or for JSON and for known ids, does nothing.
+    /// Fails only when `stop` returned true while the registry was
+    /// unreachable; the record is then not decodable yet.
+    pub fn fetch_schema(
+        &mut self,
+        bytes: &[u8],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), RegistryError> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        if self.format == InputFormat::Json {
+            return Ok(());
+        }
+        let Some((id, _)) = wire::split_header(bytes) else {
+            return Ok(());
+        };
+        if self.writers.contains_key(&id) || self.rejected.contains_key(&id) {
+            return Ok(());
+        }
+        let mut retries = 0u64;
+        let fetched = registry.retrying(
+            stop,
+            |e, wait| {
+                retries += 1;
+                tracing::warn!(
+                    schema_id = id,
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "schema registry unavailable; retrying"
+                );
+            },
+            |r| r.schema_by_id(id),
+        );
+        self.registry_retries += retries;
+        let outcome = match fetched {
+            Ok(s) if s.schema_type.eq_ignore_ascii_case("AVRO") => {
+                WriterSchema::parse(&format!("registry schema id {id}"), &s.schema).map_err(|e| {
+                    DecodeError::UnusableSchema {
+                        id,
+                        reason: match e {
+                            CodecError::InvalidSchema { reason, .. }
+                            | CodecError::IncompatibleSchema { reason, .. } => reason,
+                            other => other.to_string(),
+                        },
+                    }
+                })
+            }
+            Ok(s) => Err(DecodeError::UnusableSchema {
+                id,
+                reason: format!("it is a {} schema, not Avro", s.schema_type),
+            }),
+            Err(RegistryError::NotFound { .. }) => Err(DecodeError::SchemaNotInRegistry(id)),
+            Err(e) if e.is_retriable() => return Err(e),
+            Err(e) => Err(DecodeError::UnusableSchema {
+                id,
+                reason: e.to_string(),
+            }),
+        };
+        match outcome {
+            Ok(w) => {
+                tracing::info!(schema_id = id, "writer schema fetched from the registry");
+                self.writers.insert(id, w);
+            }
+            Err(reason) => {
+                tracing::warn!(schema_id = id, %reason, "schema id rejected");
+                if self.rejected.len() >= MAX_REJECTED_IDS {
+                    self.rejected.clear();
+                }
+                self.rejected.insert(id, reason);
+            }
+        }
+        Ok(())
     }
 
     /// The configured input format.
@@ -225,11 +358,14 @@ impl Decoder {
                 Some(b) => format!("expected Confluent magic byte 0x00, found 0x{b:02x}"),
             })
         })?;
-        let writer = self
-            .writers
-            .get(&id)
-            .ok_or(DecodeError::UnknownSchemaId(id))?;
-        writer.decode(datum)
+        match self.writers.get(&id) {
+            Some(writer) => writer.decode(datum),
+            None => Err(self
+                .rejected
+                .get(&id)
+                .cloned()
+                .unwrap_or(DecodeError::UnknownSchemaId(id))),
+        }
     }
 }
 
