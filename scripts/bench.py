@@ -304,7 +304,7 @@ def main():
                       records=n, secs=sw, cpu=sc, rss=srss, rate=n / sw, cpu_per_m=s_cpu_m,
                       throughput_vs_raw=rw / sw, cpu_vs_raw=sc / max(rc, 1e-9))
                 t.add("quix", "Quix Streams peer, end to end", fmt_rate(n / qw), f"{q_cpu_m:.2f}", f"{qrss:,.0f} MiB",
-                      f"CPU per event {qc / max(sc, 1e-9):.2f}x siklus's; throughput {sw / qw:.2f}x siklus's",
+                      f"CPU per event {qc / max(sc, 1e-9):.2f}x siklus's; its throughput {sw / qw:.2f}x siklus's",
                       f"same topic; {q['transitions']:,} transitions; wall and CPU include Python start-up",
                       records=n, secs=qw, cpu=qc, rss=qrss, rate=n / qw, cpu_per_m=q_cpu_m,
                       cpu_vs_siklus=qc / max(sc, 1e-9), throughput_vs_siklus=sw / qw,
@@ -327,7 +327,8 @@ def main():
                       f"p99 {L['p99_ms'] / max(L['hop_p99_ms'], 1e-9):.1f}x the broker's "
                       f"(p50 {L['hop_p50_ms']:,.0f} ms, p99 {L['hop_p99_ms']:,.0f} ms)",
                       f"{L['events']:,} events at {L['achieved_rate']:,.0f}/s (half of siklus's end-to-end "
-                      f"rate), {L['samples']:,} transitions; clock: {L['clock']}; received by a consumer: "
+                      f"rate), {L['samples']:,} transitions; siklus with linger.ms=1, fetch.wait.max.ms=10; "
+                      f"clock: {L['clock']}; received by a consumer: "
                       f"p50 {L['recv_p50_ms']:,.0f} ms, p99 {L['recv_p99_ms']:,.0f} ms", **L)
             finally:
                 broker.kill()
@@ -356,7 +357,8 @@ def main():
               f"{mc / (m['records'] / 1e6):.2f}", "",
               f"{mrss / pure['avro']['rss']:.2f}x the RSS at {a.customers:,} customers",
               f"Avro file replay, {m['records']:,} events ({a.rss_events_per_customer:g} per customer on "
-              f"average, each customer at least one), {m['records'] / mw:,.0f} events/s; transitions to /dev/null",
+              f"average, each customer at least one), {m['transitions']:,} transitions (to /dev/null), "
+              f"{mw:,.0f} s",
               customers=a.rss_customers, events=m["records"], secs=mw, cpu=mc, rss=mrss,
               vs_pure_avro=mrss / pure["avro"]["rss"])
     finally:

@@ -320,10 +320,10 @@ def run(a):
         consumer_group=a.group,
         auto_offset_reset="earliest",
         state_dir=a.state_dir,
+        # siklus has no changelog topic, and commits every second.
         use_changelog_topics=False,
         commit_interval=1.0,
         loglevel="WARNING",
-        consumer_extra_config={"fetch.wait.max.ms": "100"},
     )
     inp = app.topic(a.topic, value_deserializer="json", key_deserializer="str")
     out_topic = app.topic(a.output_topic, value_serializer="json", key_serializer="str")
