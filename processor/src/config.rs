@@ -137,7 +137,7 @@ impl Default for Processor {
             allowed_lateness_ms: 3_600_000,
             idle_timeout_ms: 30_000,
             commit_interval_ms: 1_000,
-            max_batch: 5_000,
+            max_batch: 20_000,
             input_format: InputFormat::Auto,
             output_format: OutputFormat::Json,
             output_schema_id: 2,
