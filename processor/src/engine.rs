@@ -42,7 +42,7 @@ pub const RECENT_IDS: usize = 16;
 /// Longest customer or event id accepted (bytes); longer ones are dead letters.
 pub const MAX_ID_BYTES: usize = 1024;
 /// Default of [`EngineConfig::profile_cache`].
-pub const DEFAULT_PROFILE_CACHE: usize = 100_000;
+pub const DEFAULT_PROFILE_CACHE: usize = 10_000;
 /// Partition metadata: clock and aggregator.
 const META_CLOCK: &str = "clock";
 const META_AGG: &str = "aggregator";
