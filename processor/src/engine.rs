@@ -769,12 +769,15 @@ impl Engine {
                 out.transitions.append(&mut scratch.transitions);
             }
         }
-        if !more {
+        if !more && floor.is_some_and(|f| f < before) {
             // Everything before `before` has fired: the store holds nothing due
-            // earlier than that any more (after this step's commit), so the next
-            // scan starts there, past the deleted entries of fired timers.
+            // earlier than that any more (after this step's commit). The next
+            // scan starts at the store's next deadline, so watermark moves that
+            // reach no stored deadline cost no scan at all (the commit lowers
+            // the floor again for deadlines it writes).
+            let next = self.store.first_timer_from(partition, before)?;
             let state = self.state_mut(partition)?;
-            state.store_timer_floor = state.store_timer_floor.map(|f| f.max(before));
+            state.store_timer_floor = next;
         }
         Ok(more)
     }
