@@ -791,6 +791,10 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         ("partition.assignment.strategy", "cooperative-sticky"),
         ("session.timeout.ms", "10000"),
         ("heartbeat.interval.ms", "1000"),
+        // A fetch returns as soon as data arrives; when a partition is quiet the
+        // broker holds it at most this long. librdkafka's 500 ms default put up
+        // to 400 ms into every hop on a quiet topic (produce-to-transition latency).
+        ("fetch.wait.max.ms", "20"),
     ] {
         if !cfg.kafka.contains_key(k) {
             cc.set(k, v);
