@@ -739,3 +739,114 @@ fn codec_types_are_shareable_across_threads() {
     assert_send_sync::<DecodeError>();
     assert_send_sync::<CodecError>();
 }
+
+fn arb_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9._-]{0,12}",
+        any::<String>(),
+        Just("quote\" back\\slash\n\u{1f}\u{7f}é😀".to_string()),
+    ]
+}
+
+fn arb_time() -> impl Strategy<Value = i64> {
+    prop_oneof![-62_167_219_200_000i64..253_402_300_800_000i64, any::<i64>(),]
+}
+
+fn arb_transition() -> impl Strategy<Value = StageTransition> {
+    let snapshot = (
+        (
+            proptest::option::of(arb_text()),
+            proptest::option::of(arb_text()),
+            proptest::option::of(arb_time()),
+            proptest::option::of(arb_time()),
+            proptest::option::of(arb_time()),
+            any::<u32>(),
+            proptest::collection::btree_map(arb_text(), any::<i64>(), 0..3),
+            any::<u32>(),
+            any::<u32>(),
+        ),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            proptest::option::of(any::<i32>()),
+            any::<u32>(),
+            any::<u32>(),
+            any::<i64>(),
+            any::<i64>(),
+            proptest::option::of(arb_time()),
+            proptest::option::of(arb_time()),
+            proptest::collection::btree_map(arb_text(), any::<i64>(), 0..3),
+            any::<i64>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (m, a, fs, fo, la, oc, nr, rf, ot),
+                (ca, cs, nps, rs, rc, im, cl, cw, cm, ch, ev),
+            )| {
+                ProfileSnapshot {
+                    milestone: m,
+                    activity: a,
+                    first_seen_at: fs,
+                    first_order_at: fo,
+                    last_activity_at: la,
+                    order_count: oc,
+                    net_revenue: nr,
+                    refunds: rf,
+                    open_tickets: ot,
+                    csat_answers: ca,
+                    csat_satisfied: cs,
+                    last_nps: nps,
+                    referrals_sent: rs,
+                    referrals_converted: rc,
+                    impressions: im,
+                    clicks: cl,
+                    cohort_week: cw,
+                    cohort_month: cm,
+                    channels: ch,
+                    events: ev,
+                }
+            },
+        );
+    (
+        arb_text(),
+        arb_text(),
+        any::<bool>(),
+        proptest::option::of(arb_text()),
+        arb_text(),
+        arb_time(),
+        proptest::option::of(arb_text()),
+        arb_text(),
+        any::<u64>(),
+        snapshot,
+    )
+        .prop_map(
+            |(id, c, milestone, from, to, at, trig, rule, seq, profile)| StageTransition {
+                transition_id: id,
+                customer_id: c,
+                dimension: if milestone {
+                    Dimension::Milestone
+                } else {
+                    Dimension::Activity
+                },
+                from_stage: from,
+                to_stage: to,
+                occurred_at: at,
+                triggering_event_id: trig,
+                rule,
+                seq,
+                profile,
+            },
+        )
+}
+
+proptest! {
+    /// The hand-written transition JSON is byte for byte serde_json's.
+    #[test]
+    fn transition_json_equals_serde_json(t in arb_transition()) {
+        prop_assert_eq!(
+            String::from_utf8(transition_json(&t)).unwrap(),
+            serde_json::to_string(&t).unwrap()
+        );
+    }
+}
