@@ -26,7 +26,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::aggregate::{Partial, PartitionAggregator};
 use crate::codec::DecodeError;
 use crate::fold::{self, FoldOutput};
-use crate::model::{EventType, InteractionEvent, Profile, StageTransition};
+use crate::model::{Dimension, EventType, InteractionEvent, Profile, StageTransition};
 use crate::rules::Rules;
 
 /// Version byte of profile values that carry no event ids (older stores):
@@ -46,6 +46,69 @@ pub const DEFAULT_PROFILE_CACHE: usize = 10_000;
 /// Partition metadata: clock and aggregator.
 const META_CLOCK: &str = "clock";
 const META_AGG: &str = "aggregator";
+
+/// Transitions of each customer kept in the store for the read API.
+pub const RECENT_TRANSITIONS: usize = 10;
+/// Version byte in front of every encoded list of recent transitions.
+const RECENT_VERSION: u8 = 1;
+
+/// A transition as the store keeps it for the read API: the transition
+/// without its profile snapshot (the profile itself is next to it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentTransition {
+    /// Deterministic id of the transition.
+    pub transition_id: String,
+    /// milestone or activity.
+    pub dimension: Dimension,
+    /// Stage before; `None` on first entry.
+    pub from_stage: Option<String>,
+    /// Stage after.
+    pub to_stage: String,
+    /// Event time of the change (epoch ms).
+    pub occurred_at: i64,
+    /// The event that caused it; `None` for a timer.
+    pub triggering_event_id: Option<String>,
+    /// Name of the rule that fired.
+    pub rule: String,
+    /// Per-customer transition sequence number.
+    pub seq: u64,
+}
+
+impl From<&StageTransition> for RecentTransition {
+    fn from(t: &StageTransition) -> Self {
+        RecentTransition {
+            transition_id: t.transition_id.clone(),
+            dimension: t.dimension,
+            from_stage: t.from_stage.clone(),
+            to_stage: t.to_stage.clone(),
+            occurred_at: t.occurred_at,
+            triggering_event_id: t.triggering_event_id.clone(),
+            rule: t.rule.clone(),
+            seq: t.seq,
+        }
+    }
+}
+
+/// Encodes a customer's recent transitions (oldest first): a version byte, then postcard.
+pub fn encode_recent(recent: &[RecentTransition]) -> Vec<u8> {
+    let mut buf = vec![RECENT_VERSION];
+    // Serializing plain structs into a Vec cannot fail.
+    if let Ok(body) = postcard::to_stdvec(recent) {
+        buf.extend_from_slice(&body);
+    }
+    buf
+}
+
+/// Decodes what [`encode_recent`] wrote.
+pub fn decode_recent(bytes: &[u8]) -> Result<Vec<RecentTransition>, String> {
+    match bytes.split_first() {
+        Some((&RECENT_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| format!("recent transitions: {e}"))
+        }
+        Some((v, _)) => Err(format!("recent transitions version {v} is not supported")),
+        None => Err("empty recent transitions value".into()),
+    }
+}
 
 /// Errors of the engine. Input problems are never errors: they become dead letters.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +287,8 @@ struct PartitionState {
     pending_timers: BTreeSet<(i64, String)>,
     /// No deadline in the store index is earlier than this.
     store_timer_floor: Option<i64>,
+    /// Transitions of this step per customer, for the recent-transitions table.
+    recent: HashMap<String, Vec<RecentTransition>>,
 }
 
 /// Drives the fold over the store for the assigned partitions.
@@ -232,7 +297,8 @@ pub struct Engine {
     config: EngineConfig,
     partitions: BTreeMap<u32, PartitionState>,
     scratch: FoldOutput,
-    counters: Counters,
+    /// Counters per input partition since start (kept after a revoke).
+    counters: BTreeMap<u32, Counters>,
     /// Commits so far (the cache's clock).
     steps: u64,
 }
@@ -245,7 +311,7 @@ impl Engine {
             config,
             partitions: BTreeMap::new(),
             scratch: FoldOutput::default(),
-            counters: Counters::default(),
+            counters: BTreeMap::new(),
             steps: 0,
         }
     }
@@ -260,10 +326,29 @@ impl Engine {
         &self.config
     }
 
-    /// Counters since start.
+    /// Counters since start, over every partition.
     pub fn counters(&self) -> Counters {
-        self.counters
+        let mut t = Counters::default();
+        for c in self.counters.values() {
+            t.events += c.events;
+            t.skipped_offsets += c.skipped_offsets;
+            t.duplicates += c.duplicates;
+            t.dead_letters += c.dead_letters;
+            t.late_events += c.late_events;
+            t.unknown_types += c.unknown_types;
+            t.erasures += c.erasures;
+            t.transitions += c.transitions;
+            t.timers_fired += c.timers_fired;
+        }
+        t
     }
+
+    /// Counters since start, per input partition (including partitions
+    /// revoked since).
+    pub fn partition_counters(&self) -> &BTreeMap<u32, Counters> {
+        &self.counters
+    }
+
 
     /// Takes ownership of a partition: loads its offset, clock and aggregator.
     pub fn assign(&mut self, partition: u32) -> Result<(), EngineError> {
@@ -298,6 +383,7 @@ impl Engine {
                 offset_dirty: false,
                 pending_timers: BTreeSet::new(),
                 store_timer_floor: floor,
+                recent: HashMap::new(),
             },
         );
         Ok(())
@@ -337,7 +423,7 @@ impl Engine {
     pub fn skip_if_applied(&mut self, partition: u32, offset: i64) -> bool {
         let applied = self.already_applied(partition, offset);
         if applied {
-            self.counters.skipped_offsets += 1;
+            self.counters.entry(partition).or_default().skipped_offsets += 1;
         }
         applied
     }
@@ -387,7 +473,7 @@ impl Engine {
         });
         match record {
             Err(e) => {
-                self.counters.dead_letters += 1;
+                self.counters.entry(partition).or_default().dead_letters += 1;
                 out.dead_letters.push(DeadLetter {
                     partition,
                     offset,
@@ -418,7 +504,7 @@ impl Engine {
         let customer = event.customer_id.as_str();
         self.load(partition, customer)?;
         if self.is_duplicate(partition, customer, hash)? {
-            self.counters.duplicates += 1;
+            self.counters.entry(partition).or_default().duplicates += 1;
             return Ok(());
         }
         let ty = EventType::parse(&event.event_type);
@@ -427,7 +513,7 @@ impl Engine {
             .get(&partition)
             .and_then(|p| p.clock.watermark);
         if lateness_wm.is_some_and(|wm| event.occurred_at < wm) {
-            self.counters.late_events += 1;
+            self.counters.entry(partition).or_default().late_events += 1;
         }
         if ty == EventType::CustomerErased {
             let corrections = self.erase(partition, customer, event.occurred_at)?;
@@ -437,7 +523,7 @@ impl Engine {
             return Ok(());
         }
         if ty == EventType::Unknown {
-            self.counters.unknown_types += 1;
+            self.counters.entry(partition).or_default().unknown_types += 1;
         }
         let rules = &self.config.rules;
         let scratch = &mut self.scratch;
@@ -476,8 +562,16 @@ impl Engine {
         state
             .aggregator
             .record(&scratch.transitions, &scratch.signals);
-        self.counters.events += 1;
-        self.counters.transitions += scratch.transitions.len() as u64;
+        let c = self.counters.entry(partition).or_default();
+        c.events += 1;
+        c.transitions += scratch.transitions.len() as u64;
+        if !scratch.transitions.is_empty() {
+            state
+                .recent
+                .entry(customer.to_string())
+                .or_default()
+                .extend(scratch.transitions.iter().map(RecentTransition::from));
+        }
         out.transitions.append(&mut scratch.transitions);
         Ok(())
     }
@@ -600,7 +694,8 @@ impl Engine {
             entry.seen = SeenIds::default();
             entry.spill.clear();
         }
-        self.counters.erasures += 1;
+        state.recent.remove(customer);
+        self.counters.entry(partition).or_default().erasures += 1;
         Ok(corrections)
     }
 
@@ -764,8 +859,14 @@ impl Engine {
                 state
                     .aggregator
                     .record(&scratch.transitions, &scratch.signals);
-                self.counters.timers_fired += 1;
-                self.counters.transitions += scratch.transitions.len() as u64;
+                let c = self.counters.entry(partition).or_default();
+                c.timers_fired += 1;
+                c.transitions += scratch.transitions.len() as u64;
+                state
+                    .recent
+                    .entry(customer.clone())
+                    .or_default()
+                    .extend(scratch.transitions.iter().map(RecentTransition::from));
                 out.transitions.append(&mut scratch.transitions);
             }
         }
@@ -822,12 +923,15 @@ impl Engine {
         let rules = self.config.rules.clone();
         let per_partition = self.config.profile_cache / self.partitions.len().max(1);
         for (&partition, state) in self.partitions.iter_mut() {
+            let mut erased: BTreeSet<String> = BTreeSet::new();
             for customer in state.dirty.drain(..) {
                 let Some(entry) = state.cache.get_mut(&customer) else {
                     continue;
                 };
                 if entry.forget_seen {
                     batch.forget_seen(partition, &customer);
+                    batch.delete_recent(partition, &customer);
+                    erased.insert(customer.clone());
                 }
                 let new_deadline = entry
                     .profile
@@ -865,6 +969,23 @@ impl Engine {
                 entry.changed = false;
                 entry.forget_seen = false;
                 entry.in_step = false;
+            }
+            for (customer, new) in state.recent.drain() {
+                // An erased customer's earlier transitions are gone; the
+                // ones after the erasure start a new list.
+                let mut all = if erased.contains(&customer) {
+                    Vec::new()
+                } else {
+                    match self.store.recent(partition, &customer)? {
+                        Some(b) => decode_recent(&b)
+                            .map_err(|reason| EngineError::Corrupt { partition, reason })?,
+                        None => Vec::new(),
+                    }
+                };
+                all.extend(new);
+                let excess = all.len().saturating_sub(RECENT_TRANSITIONS);
+                all.drain(..excess);
+                batch.put_recent(partition, &customer, &encode_recent(&all));
             }
             state.offset_dirty = false;
             if state.cache.len() > per_partition {

@@ -11,6 +11,7 @@
 //! | seen | `[1]['E'][partition u32][customer len u16][customer][event hash u64]` | empty |
 //! | offset | `[1]['O'][partition u32]` | next offset, `i64` BE |
 //! | meta | `[1]['M'][partition u32][name]` | bytes |
+//! | recent | `[1]['R'][partition u32][customer]` | the customer's last transitions |
 //! | global | `[1]['G'][name]` | bytes |
 //!
 //! Timer deadlines are `i64` encoded with the sign bit flipped so that
@@ -31,15 +32,18 @@ pub const TABLE_SEEN: u8 = b'E';
 pub const TABLE_OFFSET: u8 = b'O';
 /// Table byte of per-partition metadata blobs.
 pub const TABLE_META: u8 = b'M';
+/// Table byte of each customer's recent transitions (for the read API).
+pub const TABLE_RECENT: u8 = b'R';
 /// Table byte of global (store-wide) metadata.
 pub const TABLE_GLOBAL: u8 = b'G';
 
 /// Partition-scoped tables, in ascending key order.
-pub const PARTITION_TABLES: [u8; 5] = [
+pub const PARTITION_TABLES: [u8; 6] = [
     TABLE_SEEN,
     TABLE_META,
     TABLE_OFFSET,
     TABLE_PROFILE,
+    TABLE_RECENT,
     TABLE_TIMER,
 ];
 
@@ -86,6 +90,13 @@ pub enum Key {
         /// Blob name.
         name: String,
     },
+    /// The recent transitions of a customer.
+    Recent {
+        /// Input partition.
+        partition: u32,
+        /// Customer id.
+        customer: String,
+    },
     /// A named store-wide metadata blob.
     Global {
         /// Blob name.
@@ -114,6 +125,10 @@ impl Key {
             } => seen(*partition, customer, *event_hash)?,
             Key::Offset { partition } => offset(*partition),
             Key::Meta { partition, name } => meta(*partition, name),
+            Key::Recent {
+                partition,
+                customer,
+            } => recent(*partition, customer),
             Key::Global { name } => global(name),
         })
     }
@@ -125,7 +140,8 @@ impl Key {
             | Key::Timer { partition, .. }
             | Key::Seen { partition, .. }
             | Key::Offset { partition }
-            | Key::Meta { partition, .. } => Some(*partition),
+            | Key::Meta { partition, .. }
+            | Key::Recent { partition, .. } => Some(*partition),
             Key::Global { .. } => None,
         }
     }
@@ -214,6 +230,13 @@ pub fn offset(partition: u32) -> Vec<u8> {
 pub fn meta(partition: u32, name: &str) -> Vec<u8> {
     let mut k = with_suffix(TABLE_META, partition, name.len());
     k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Key of the recent transitions of a customer.
+pub fn recent(partition: u32, customer: &str) -> Vec<u8> {
+    let mut k = with_suffix(TABLE_RECENT, partition, customer.len());
+    k.extend_from_slice(customer.as_bytes());
     k
 }
 
@@ -334,6 +357,10 @@ pub fn decode(key: &[u8]) -> Result<Key, StateError> {
             partition,
             name: utf8(key, rest, "meta name")?,
         }),
+        TABLE_RECENT => Ok(Key::Recent {
+            partition,
+            customer: utf8(key, rest, "customer id")?,
+        }),
         other => Err(corrupt(key, &format!("unknown table byte 0x{other:02x}"))),
     }
 }
@@ -379,7 +406,11 @@ mod tests {
                 }
             ),
             p.clone().prop_map(|partition| Key::Offset { partition }),
-            (p, text).prop_map(|(partition, name)| Key::Meta { partition, name }),
+            (p.clone(), text).prop_map(|(partition, name)| Key::Meta { partition, name }),
+            (p, text).prop_map(|(partition, customer)| Key::Recent {
+                partition,
+                customer
+            }),
             text.prop_map(|name| Key::Global { name }),
         ]
     }

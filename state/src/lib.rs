@@ -231,6 +231,11 @@ impl Store {
         Ok(self.db.get(keys::profile(partition, customer))?)
     }
 
+    /// The recent transitions of `customer` in `partition` (opaque bytes).
+    pub fn recent(&self, partition: u32, customer: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.db.get(keys::recent(partition, customer))?)
+    }
+
     /// The next input offset to consume of `partition`, if one was committed.
     pub fn offset(&self, partition: u32) -> Result<Option<i64>, StateError> {
         self.db
@@ -420,6 +425,12 @@ impl Store {
         Ok(())
     }
 
+    /// An integer RocksDB property such as `rocksdb.total-sst-files-size`
+    /// or `rocksdb.estimate-live-data-size` (0 if unavailable).
+    pub fn property(&self, name: &str) -> u64 {
+        self.db.property_int_value(name).ok().flatten().unwrap_or(0)
+    }
+
     /// Approximate bytes used: SST files plus memtables (0 if unavailable).
     pub fn approximate_size_bytes(&self) -> u64 {
         let prop = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
@@ -485,6 +496,16 @@ impl Batch {
     /// Deletes the profile of `customer`.
     pub fn delete_profile(&mut self, partition: u32, customer: &str) {
         self.delete(&keys::profile(partition, customer));
+    }
+
+    /// Sets the recent transitions of `customer`.
+    pub fn put_recent(&mut self, partition: u32, customer: &str, value: &[u8]) {
+        self.put(&keys::recent(partition, customer), value);
+    }
+
+    /// Deletes the recent transitions of `customer`.
+    pub fn delete_recent(&mut self, partition: u32, customer: &str) {
+        self.delete(&keys::recent(partition, customer));
     }
 
     /// Adds a timer of `customer` at `deadline`.

@@ -626,3 +626,66 @@ proptest! {
         drop(a);
     }
 }
+
+#[test]
+fn recent_transitions_are_kept_bounded_per_customer_and_erased_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = open(dir.path(), true);
+    let t0 = at("2024-01-01T00:00:00Z");
+    // Each month of silence then a visit: at_risk, churned, reactivated.
+    let mut events = vec![ev("a0", "alice", "page.viewed", t0)];
+    for i in 1..=6 {
+        events.push(ev(
+            &format!("a{i}"),
+            "alice",
+            "page.viewed",
+            t0 + i * 100 * DAY_MS,
+        ));
+    }
+    events.push(ev("b0", "bob", "page.viewed", t0));
+    let out = drive(&mut engine, &events, 3, None);
+    let alice: Vec<&StageTransition> = out
+        .transitions
+        .iter()
+        .filter(|t| t.customer_id == "alice")
+        .collect();
+    assert!(alice.len() > RECENT_TRANSITIONS);
+    let stored = decode_recent(&engine.store().recent(0, "alice").unwrap().unwrap()).unwrap();
+    assert_eq!(stored.len(), RECENT_TRANSITIONS);
+    let want: Vec<RecentTransition> = alice[alice.len() - RECENT_TRANSITIONS..]
+        .iter()
+        .map(|t| RecentTransition::from(*t))
+        .collect();
+    assert_eq!(stored, want);
+    assert!(engine.store().recent(0, "bob").unwrap().is_some());
+
+    // Erasure deletes them; a new profile starts a new list.
+    let mut out = Outputs::default();
+    let n = events.len() as i64;
+    let late = t0 + 700 * DAY_MS;
+    engine
+        .process(
+            0,
+            n,
+            Ok(ev("x", "alice", "customer.erased", late)),
+            &mut out,
+        )
+        .unwrap();
+    engine.commit().unwrap();
+    assert!(engine.store().recent(0, "alice").unwrap().is_none());
+    engine
+        .process(
+            0,
+            n + 1,
+            Ok(ev("y", "alice", "page.viewed", late + 1)),
+            &mut out,
+        )
+        .unwrap();
+    engine.commit().unwrap();
+    let fresh = decode_recent(&engine.store().recent(0, "alice").unwrap().unwrap()).unwrap();
+    assert!(fresh.iter().all(|t| t.occurred_at > late));
+    assert_eq!(fresh.first().map(|t| t.seq), Some(1));
+
+    let per = engine.partition_counters();
+    assert_eq!(per[&0].events, engine.counters().events);
+}
