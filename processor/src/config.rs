@@ -109,8 +109,18 @@ pub struct Processor {
     pub topic_partitions: i32,
     /// Replication factor of topics that siklus creates.
     pub replication_factor: i32,
-    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz` (empty: off).
+    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz` and the
+    /// read API (empty: off).
     pub http_listen: String,
+    /// Base URL other instances and clients reach this instance's HTTP
+    /// endpoint at (`http://siklus-1:9464`), published to the instances
+    /// topic. Empty: the bound address, or `$HOSTNAME` with the bound port
+    /// when listening on all interfaces.
+    pub advertised_http: String,
+    /// Partitioner of the producers of the input topic, for the read API to
+    /// find a customer's partition: `murmur2` (Java clients, Kafka Streams)
+    /// or `crc32` (librdkafka's default).
+    pub key_partitioner: crate::partitioner::KeyPartitioner,
     /// An event more than this far ahead of its partition's latest event time
     /// goes to the dead-letter topic (ms; default 400 days), so that one
     /// record with a wild clock cannot jump event time for everyone.
@@ -144,6 +154,8 @@ impl Default for Processor {
             topic_partitions: 8,
             replication_factor: 1,
             http_listen: String::new(),
+            advertised_http: String::new(),
+            key_partitioner: crate::partitioner::KeyPartitioner::default(),
             resume_rewind: 0,
             max_time_jump_ms: 400 * crate::time::DAY_MS,
             block_cache_bytes: 64 << 20,
@@ -151,6 +163,24 @@ impl Default for Processor {
             profile_cache: crate::engine::DEFAULT_PROFILE_CACHE,
         }
     }
+}
+
+/// Values given as command-line flags; they override the file and the
+/// environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `kafka."bootstrap.servers"`.
+    pub bootstrap_servers: Option<String>,
+    /// `processor.state_dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `processor.group_id`.
+    pub group_id: Option<String>,
+    /// `topics.input`.
+    pub input_topic: Option<String>,
+    /// `processor.http_listen`.
+    pub http_listen: Option<String>,
+    /// `processor.advertised_http`.
+    pub advertised_http: Option<String>,
 }
 
 /// Schema ids of the Confluent wire format, without a registry.
@@ -341,6 +371,34 @@ impl Config {
         format!("siklus.{}.partials", self.processor.group_id)
     }
 
+    /// The compacted topic where instances publish their HTTP address and
+    /// partitions (for the read API).
+    pub fn instances_topic(&self) -> String {
+        format!("siklus.{}.instances", self.processor.group_id)
+    }
+
+    /// Applies command-line flags, the last layer.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(b) = &o.bootstrap_servers {
+            self.kafka.insert("bootstrap.servers".into(), b.clone());
+        }
+        if let Some(d) = &o.state_dir {
+            self.processor.state_dir = d.clone();
+        }
+        if let Some(g) = &o.group_id {
+            self.processor.group_id = g.clone();
+        }
+        if let Some(t) = &o.input_topic {
+            self.topics.input = t.clone();
+        }
+        if let Some(h) = &o.http_listen {
+            self.processor.http_listen = h.clone();
+        }
+        if let Some(a) = &o.advertised_http {
+            self.processor.advertised_http = a.clone();
+        }
+    }
+
     /// RocksDB options from the processor section.
     pub fn store_options(&self) -> siklus_state::StoreOptions {
         siklus_state::StoreOptions {
@@ -439,5 +497,91 @@ mod tests {
         assert!(err.contains("go together"), "{err}");
         let err = check("[schema_registry]\nretry_backoff_ms = 500\nretry_backoff_max_ms = 100\n");
         assert!(err.contains("retry_backoff"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_env_override_file() {
+        // One test owns these variables (nextest runs each test in its own process).
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("siklus.toml");
+        std::fs::write(
+            &f,
+            "[kafka]\n\"bootstrap.servers\" = \"file:9092\"\n[processor]\ngroup_id = \"file-group\"\nstate_dir = \"/file/state\"\nhttp_listen = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        std::env::set_var("SIKLUS_KAFKA__BOOTSTRAP_SERVERS", "env:9092");
+        std::env::set_var("SIKLUS_PROCESSOR__GROUP_ID", "env-group");
+        std::env::set_var("SIKLUS_PROCESSOR__HTTP_LISTEN", "127.0.0.1:2");
+        let from_env = Config::load(Some(&f));
+        std::env::remove_var("SIKLUS_KAFKA__BOOTSTRAP_SERVERS");
+        std::env::remove_var("SIKLUS_PROCESSOR__GROUP_ID");
+        std::env::remove_var("SIKLUS_PROCESSOR__HTTP_LISTEN");
+        let mut cfg = from_env.unwrap();
+        assert_eq!(cfg.kafka["bootstrap.servers"], "env:9092");
+        assert_eq!(cfg.processor.group_id, "env-group");
+        assert_eq!(cfg.processor.http_listen, "127.0.0.1:2");
+        assert_eq!(cfg.processor.state_dir, PathBuf::from("/file/state"));
+
+        cfg.apply(&Overrides {
+            bootstrap_servers: Some("flag:9092".into()),
+            group_id: Some("flag-group".into()),
+            http_listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        });
+        assert_eq!(cfg.kafka["bootstrap.servers"], "flag:9092");
+        assert_eq!(cfg.processor.group_id, "flag-group");
+        assert_eq!(cfg.processor.http_listen, "127.0.0.1:3");
+        // Not given as a flag: the file's value stays.
+        assert_eq!(cfg.processor.state_dir, PathBuf::from("/file/state"));
+    }
+
+    #[test]
+    fn every_section_names_an_unknown_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (section, key) in [
+            ("topics", "inptu"),
+            ("processor", "http_listn"),
+            ("rules", "churn_afterr_ms"),
+            ("schemas", "idz"),
+            ("schema_registry", "urll"),
+        ] {
+            let f = dir.path().join(format!("{section}.toml"));
+            std::fs::write(&f, format!("[{section}]\n{key} = 1\n")).unwrap();
+            let err = Config::load(Some(&f)).unwrap_err();
+            assert!(err.contains(key), "{section}: {err}");
+        }
+        let f = dir.path().join("top.toml");
+        std::fs::write(&f, "[kafak]\nx = \"y\"\n").unwrap();
+        let err = Config::load(Some(&f)).unwrap_err();
+        assert!(err.contains("kafak"), "{err}");
+    }
+
+    #[test]
+    fn sasl_ssl_properties_reach_the_client_config_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("siklus.toml");
+        let props = [
+            ("bootstrap.servers", "broker-1:9093,broker-2:9093"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "siklus"),
+            ("sasl.password", "p@ss=word;with\"chars"),
+            ("ssl.ca.location", "/etc/ssl/certs/ca.pem"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ];
+        let mut text = String::from("[kafka]\n");
+        for (k, v) in props {
+            text.push_str(&format!("\"{k}\" = {}\n", toml_quote(v)));
+        }
+        std::fs::write(&f, text).unwrap();
+        let cfg = Config::load(Some(&f)).unwrap();
+        let client = crate::kafka::client_config(&cfg);
+        for (k, v) in props {
+            assert_eq!(client.get(k), Some(v), "{k}");
+        }
+    }
+
+    fn toml_quote(v: &str) -> String {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
     }
 }

@@ -49,6 +49,79 @@ const REGISTRY_STARTUP_WAIT: Duration = Duration::from_secs(60);
 
 const MERGE_STATE: &str = "merge.state";
 const MERGE_OFFSET: &str = "merge.offset";
+/// The latest closed windows (JSON), for the read API and the window gauges.
+const MERGE_LATEST: &str = "merge.latest";
+
+/// What [`MERGE_LATEST`] holds.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct StoredLatest {
+    aggregates: Vec<Aggregate>,
+    cohorts: Vec<CohortCell>,
+}
+
+/// The latest closed windows stored by the merge stage (empty if none).
+pub fn load_latest(store: &Store) -> crate::metrics::LatestWindows {
+    let mut latest = crate::metrics::LatestWindows::default();
+    if let Some(stored) = store
+        .global(MERGE_LATEST)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<StoredLatest>(&b).ok())
+    {
+        latest.absorb(&stored.aggregates, &stored.cohorts);
+    }
+    latest
+}
+
+/// Refreshes the per-partition figures, the restore progress, the state
+/// size and readiness (about once a second).
+fn update_figures(w: &mut Worker, consumer: &BaseConsumer<InputContext>, topic: &str) {
+    let assigned = w.engine.assigned();
+    for p in &assigned {
+        let Some(target) = w.restoring.get(p).copied() else {
+            continue;
+        };
+        let position = w.engine.next_offset(*p).unwrap_or(0);
+        let target = match target {
+            Some(t) => t,
+            None => match consumer.fetch_watermarks(topic, *p as i32, Duration::from_secs(2)) {
+                Ok((_, high)) => {
+                    w.restoring.insert(*p, Some(high));
+                    high
+                }
+                Err(_) => continue,
+            },
+        };
+        let remaining = (target - position).max(0) as u64;
+        w.metrics
+            .with_partition(*p, |f| f.restore_remaining = remaining);
+        if remaining == 0 {
+            info!(partition = p, "partition state rebuilt");
+            w.restoring.remove(p);
+        }
+    }
+    for p in &assigned {
+        let position = w.engine.next_offset(*p).unwrap_or(0);
+        let watermark = w.engine.clock(*p).and_then(|c| c.watermark);
+        w.metrics.with_partition(*p, |f| {
+            f.assigned = true;
+            f.position = position;
+            f.watermark = watermark;
+        });
+    }
+    w.metrics.set_counters(w.engine.partition_counters());
+    let store = w.engine.store();
+    w.metrics
+        .state_size_bytes
+        .store(store.approximate_size_bytes(), Ordering::Relaxed);
+    w.metrics.state_live_bytes.store(
+        store.property("rocksdb.estimate-live-data-size"),
+        Ordering::Relaxed,
+    );
+    w.metrics
+        .ready
+        .store(w.restoring.is_empty(), Ordering::Relaxed);
+}
 
 /// How a run ends.
 #[derive(Debug, Clone, Default)]
@@ -124,7 +197,8 @@ pub fn transitions_schema_id(cfg: &Config) -> anyhow::Result<u32> {
     Ok(id)
 }
 
-fn client_config(cfg: &Config) -> ClientConfig {
+/// The librdkafka client configuration of `[kafka]`, every property as given.
+pub fn client_config(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in &cfg.kafka {
         c.set(k, v);
@@ -164,6 +238,7 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
         (cfg.topics.cohorts.clone(), 1, true),
         // One partition: the merge stage sees every partition's partials in order.
         (partials, 1, false),
+        (cfg.instances_topic(), 1, true),
     ];
     if !cfg.topics.segment.is_empty() {
         wanted.push((cfg.topics.segment.clone(), parts, false));
@@ -223,6 +298,9 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
 pub struct DeliveryContext {
     failures: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// A topic whose records are best effort (the instances directory):
+    /// their failures are logged, never fail a step.
+    best_effort_topic: String,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -230,7 +308,11 @@ impl ClientContext for DeliveryContext {}
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
+        if let Err((e, m)) = result {
+            if m.topic() == self.best_effort_topic {
+                debug!(error = %e, "instance record not delivered");
+                return;
+            }
             self.failures.fetch_add(1, Ordering::Relaxed);
             let mut first = lock(&self.first_error);
             if first.is_none() {
@@ -284,6 +366,7 @@ impl OutputSink {
             .create_with_context(DeliveryContext {
                 failures: AtomicU64::new(0),
                 first_error: Mutex::new(None),
+                best_effort_topic: cfg.instances_topic(),
             })
             .context("creating the output producer")?;
         Ok(OutputSink {
@@ -346,6 +429,24 @@ impl OutputSink {
                     return;
                 }
             }
+        }
+    }
+
+    /// Publishes this instance's record to the instances topic (delivered
+    /// with the next flush; a lost one is sent again within
+    /// [`crate::instances::REPUBLISH`]).
+    fn publish_instance(&self, topic: &str, http: &str, partitions: &[u32], merge: bool) {
+        let record = crate::instances::InstanceRecord {
+            http: http.to_string(),
+            partitions: partitions.to_vec(),
+            merge,
+            updated_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        };
+        match serde_json::to_vec(&record) {
+            Ok(v) => self.send_record(topic, Some(http.as_bytes()), Some(&v), None),
+            Err(e) => warn!(error = %e, "instance record"),
         }
     }
 
@@ -480,6 +581,9 @@ struct Worker {
     metrics: Arc<Metrics>,
     /// Steps delivered so far.
     steps: u64,
+    /// Partitions assigned without local state, being rebuilt from the
+    /// input: the end offset they had when assigned (`None` until probed).
+    restoring: BTreeMap<u32, Option<i64>>,
     /// Fault injection for the crash tests: abort the process after this many
     /// steps, with the outputs delivered and the state not yet written
     /// (`SIKLUS_FAULT_ABORT_AFTER_STEPS`).
@@ -515,9 +619,7 @@ impl Worker {
             self.engine.rollback()?;
             return Err(e);
         }
-        self.metrics
-            .transitions_out
-            .fetch_add(self.out.transitions.len() as u64, Ordering::Relaxed);
+        self.metrics.count_transitions(&self.out.transitions);
         self.steps += 1;
         if self.abort_after_steps.is_some_and(|n| self.steps >= n) {
             tracing::error!(
@@ -567,6 +669,7 @@ struct InputContext {
     topic: String,
     failed: AtomicBool,
     rewind: i64,
+    metrics: Arc<Metrics>,
 }
 
 /// Where to start reading a partition whose state ends at `next`.
@@ -584,7 +687,20 @@ fn start_offset(next: Option<i64>, rewind: i64) -> Offset {
     }
 }
 
-impl ClientContext for InputContext {}
+impl ClientContext for InputContext {
+    /// librdkafka's statistics carry each partition's high watermark (for
+    /// the consumer lag) without a request of their own.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        if let Some(t) = stats.topics.get(&self.topic) {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.hi_offset >= 0 {
+                    self.metrics
+                        .with_partition(*p as u32, |f| f.high_watermark = s.hi_offset);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for InputContext {
     fn rebalance(
@@ -612,10 +728,16 @@ impl ConsumerContext for InputContext {
                         self.failed.store(true, Ordering::SeqCst);
                         continue;
                     }
-                    let off = start_offset(w.engine.next_offset(p as u32), self.rewind);
+                    let next = w.engine.next_offset(p as u32);
+                    if next.is_none() {
+                        // No local state: it is rebuilt from the input.
+                        w.restoring.insert(p as u32, None);
+                    }
+                    let off = start_offset(next, self.rewind);
                     if let Err(e) = tpl.set_partition_offset(&self.topic, p, off) {
                         warn!(partition = p, error = %e, "cannot set start offset");
                     }
+                    w.metrics.with_partition(p as u32, |f| f.assigned = true);
                     info!(partition = p, offset = ?off, "partition assigned");
                 }
                 w.metrics
@@ -638,8 +760,14 @@ impl ConsumerContext for InputContext {
                     warn!(error = %e, "could not commit before revoke");
                 }
                 for e in tpl.elements() {
-                    w.engine.revoke(e.partition() as u32);
-                    w.announced.remove(&(e.partition() as u32));
+                    let p = e.partition() as u32;
+                    w.engine.revoke(p);
+                    w.announced.remove(&p);
+                    w.restoring.remove(&p);
+                    w.metrics.with_partition(p, |f| {
+                        f.assigned = false;
+                        f.restore_remaining = 0;
+                    });
                     info!(partition = e.partition(), "partition revoked");
                 }
                 w.metrics
@@ -673,6 +801,7 @@ struct MergeState {
 
 struct MergeContext {
     store: Arc<Store>,
+    metrics: Arc<Metrics>,
     state: Arc<Mutex<Option<MergeState>>>,
     partitions: u32,
     rewind: i64,
@@ -708,6 +837,8 @@ impl ConsumerContext for MergeContext {
                     next_offset: 0,
                     progress: BTreeMap::new(),
                 }));
+                self.metrics.set_latest(load_latest(&self.store));
+                self.metrics.merge_owner.store(true, Ordering::Relaxed);
                 info!(offset = ?off, "merge stage assigned");
                 let _ = if cooperative {
                     consumer.incremental_assign(tpl)
@@ -718,6 +849,7 @@ impl ConsumerContext for MergeContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Its state is already stored at the last delivered point.
                 *lock(&self.state) = None;
+                self.metrics.merge_owner.store(false, Ordering::Relaxed);
                 info!("merge stage revoked");
                 let _ = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -755,16 +887,35 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         Store::open(&cfg.processor.state_dir, &cfg.store_options())
             .with_context(|| format!("opening state in {}", cfg.processor.state_dir.display()))?,
     );
+    let _span = tracing::info_span!("run", group = %cfg.processor.group_id).entered();
+    let stop_directory = Arc::new(AtomicBool::new(false));
+    let mut advertised = None;
+    let mut directory_reader = None;
     if !cfg.processor.http_listen.is_empty() {
-        crate::http::spawn(
+        let directory = crate::instances::Directory::default();
+        let bound = crate::http::spawn(
             &cfg.processor.http_listen,
             crate::http::AppState {
                 metrics: metrics.clone(),
                 store: store.clone(),
                 rules: cfg.rules.clone(),
+                partitioner: cfg.processor.key_partitioner,
+                partitions: partitions as u32,
+                directory: Some(directory.clone()),
             },
         )?;
+        advertised = crate::instances::advertised_address(cfg, bound);
+        if advertised.is_none() {
+            warn!("no advertised HTTP address (processor.advertised_http): other instances cannot redirect here");
+        }
+        directory_reader = Some(crate::instances::spawn_reader(
+            cfg,
+            directory,
+            stop_directory.clone(),
+        )?);
     }
+    let instances_topic = cfg.instances_topic();
+    let mut published: Option<(Vec<u32>, bool, Instant)> = None;
     let mut decoder = input_decoder(cfg)?;
     let sink = Arc::new(OutputSink::new(cfg)?);
     let engine = Engine::new(store.clone(), cfg.engine(true));
@@ -777,6 +928,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         announced: BTreeMap::new(),
         metrics: metrics.clone(),
         steps: 0,
+        restoring: BTreeMap::new(),
         abort_after_steps: std::env::var("SIKLUS_FAULT_ABORT_AFTER_STEPS")
             .ok()
             .and_then(|v| v.parse().ok()),
@@ -795,6 +947,8 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         // broker holds it at most this long. librdkafka's 500 ms default put up
         // to 400 ms into every hop on a quiet topic (produce-to-transition latency).
         ("fetch.wait.max.ms", "20"),
+        // High watermarks for the consumer lag metric.
+        ("statistics.interval.ms", "5000"),
     ] {
         if !cfg.kafka.contains_key(k) {
             cc.set(k, v);
@@ -806,6 +960,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             topic: cfg.topics.input.clone(),
             failed: AtomicBool::new(false),
             rewind: cfg.processor.resume_rewind,
+            metrics: metrics.clone(),
         })
         .context("creating the input consumer")?;
     consumer.subscribe(&[&cfg.topics.input])?;
@@ -821,6 +976,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     let merge_consumer: BaseConsumer<MergeContext> = mc
         .create_with_context(MergeContext {
             store: store.clone(),
+            metrics: metrics.clone(),
             state: merge_state.clone(),
             partitions: partitions as u32,
             rewind: cfg.processor.resume_rewind,
@@ -859,7 +1015,9 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     let mut last_assigned: Vec<u32> = Vec::new();
     let mut last_merge_input = Instant::now();
     let mut first_input: Option<Instant> = None;
-    metrics.ready.store(true, Ordering::Relaxed);
+    let mut last_figures = Instant::now()
+        .checked_sub(Duration::from_secs(60))
+        .unwrap_or_else(Instant::now);
 
     loop {
         if opts.shutdown.load(Ordering::Relaxed) {
@@ -893,7 +1051,6 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                 }
             }
         }
-        metrics.events_in.fetch_add(n as u64, Ordering::Relaxed);
         metrics
             .registry_retries
             .store(decoder.registry_retries(), Ordering::Relaxed);
@@ -938,6 +1095,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                 }
             }
             if n > 0 || last_commit.elapsed() >= commit_interval || ended {
+                let _step = (n > 0).then(|| tracing::info_span!("step", records = n).entered());
                 if let Err(e) = w.commit_step(&consumer) {
                     warn!(error = %e, "step failed; redoing it from the stored offsets");
                     metrics.failed_steps.fetch_add(1, Ordering::Relaxed);
@@ -956,22 +1114,40 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                     summary.processing_secs = Some(first.elapsed().as_secs_f64());
                 }
             }
-            let c = w.engine.counters();
-            metrics.set_counters(&c);
-            summary.counters = c;
+            if last_figures.elapsed() >= Duration::from_secs(1) {
+                update_figures(&mut w, &consumer, input_topic);
+                last_figures = Instant::now();
+                if let Some(http) = &advertised {
+                    let assigned = w.engine.assigned();
+                    let merge = metrics.merge_owner.load(Ordering::Relaxed);
+                    let stale = published.as_ref().is_none_or(|(a, m, at)| {
+                        *a != assigned || *m != merge || at.elapsed() >= crate::instances::REPUBLISH
+                    });
+                    if stale {
+                        sink.publish_instance(&instances_topic, http, &assigned, merge);
+                        published = Some((assigned, merge, Instant::now()));
+                    }
+                }
+            }
+            summary.counters = w.engine.counters();
         }
         if consumer.context().failed.load(Ordering::SeqCst) {
             bail!("a partition's state could not be loaded");
         }
         // The merge stage, when this instance owns it.
-        let (got, aggs, cells) =
-            merge_step(&merge_consumer, &merge_state, &store, &sink, idle_timeout)?;
+        let (got, aggs, cells) = merge_step(
+            &merge_consumer,
+            &merge_state,
+            &store,
+            &sink,
+            idle_timeout,
+            &metrics,
+        )?;
         if got > 0 {
             last_merge_input = Instant::now();
         }
         summary.aggregates += aggs;
         summary.cohort_cells += cells;
-        metrics.aggregates_out.fetch_add(aggs, Ordering::Relaxed);
         if ended {
             // Finish once the merge stage has read everything produced so far.
             let (_, high) = merge_consumer
@@ -992,10 +1168,29 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         w.engine.store().flush()?;
         summary.counters = w.engine.counters();
     }
-    merge_step(&merge_consumer, &merge_state, &store, &sink, idle_timeout)?;
+    merge_step(
+        &merge_consumer,
+        &merge_state,
+        &store,
+        &sink,
+        idle_timeout,
+        &metrics,
+    )?;
     consumer.unsubscribe();
     merge_consumer.unsubscribe();
     metrics.ready.store(false, Ordering::Relaxed);
+    metrics.set_counters(lock(&worker).engine.partition_counters());
+    if let Some(http) = &advertised {
+        // A tombstone: this instance owns nothing any more.
+        sink.send_record(&instances_topic, Some(http.as_bytes()), None, None);
+        if let Err(e) = sink.flush() {
+            warn!(error = %e, "could not withdraw this instance from the directory");
+        }
+    }
+    stop_directory.store(true, Ordering::Relaxed);
+    if let Some(h) = directory_reader {
+        let _ = h.join();
+    }
     Ok(summary)
 }
 
@@ -1010,6 +1205,13 @@ fn handle_message(
 ) -> anyhow::Result<bool> {
     let partition = m.partition() as u32;
     let offset = m.offset();
+    let restoring = w.restoring.contains_key(&partition);
+    w.metrics.with_partition(partition, |f| {
+        f.records_in += 1;
+        if restoring {
+            f.restored_records += 1;
+        }
+    });
     if w.engine.skip_if_applied(partition, offset) {
         return Ok(true);
     }
@@ -1022,8 +1224,7 @@ fn handle_message(
         if offset > next {
             // Records the broker never delivered (or transaction markers).
             w.metrics
-                .offset_gaps
-                .fetch_add((offset - next) as u64, Ordering::Relaxed);
+                .with_partition(partition, |f| f.offset_gaps += (offset - next) as u64);
             warn!(
                 partition,
                 expected = next,
@@ -1119,6 +1320,7 @@ fn merge_step(
     store: &Store,
     sink: &OutputSink,
     idle: Duration,
+    metrics: &Metrics,
 ) -> anyhow::Result<(u64, u64, u64)> {
     let mut got = 0u64;
     while got < 10_000 {
@@ -1181,6 +1383,9 @@ fn merge_step(
     if got == 0 && aggs.is_empty() {
         return Ok((0, 0, 0));
     }
+    let _span = (!aggs.is_empty()).then(|| {
+        tracing::info_span!("merge", aggregates = aggs.len(), cohort_cells = cells.len()).entered()
+    });
     sink.send_aggregates(&aggs, &cells)?;
     sink.flush()?;
     let mut b = Batch::new();
@@ -1189,6 +1394,15 @@ fn merge_step(
         &postcard::to_stdvec(&s.merger).map_err(|e| anyhow!("merge state: {e}"))?,
     );
     b.put_global(MERGE_OFFSET, &s.next_offset.to_be_bytes());
+    if !aggs.is_empty() || !cells.is_empty() {
+        metrics.absorb_windows(&aggs, &cells);
+        let latest = metrics.latest();
+        let stored = StoredLatest {
+            aggregates: latest.aggregates.into_values().collect(),
+            cohorts: latest.cohorts.into_values().collect(),
+        };
+        b.put_global(MERGE_LATEST, &serde_json::to_vec(&stored)?);
+    }
     store.write(b)?;
     Ok((got, aggs.len() as u64, cells.len() as u64))
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use siklus::config::Config;
+use siklus::config::{Config, Overrides};
 use siklus::replay::{FileReplay, WatermarkPolicy};
+use siklus::telemetry::{LogFormat, Telemetry};
 use siklus::time::parse_rfc3339;
 
 /// mimalloc: the fold, the codecs and the step bookkeeping allocate many small,
@@ -22,17 +23,17 @@ struct Cli {
     /// Configuration file (TOML). `SIKLUS_*` environment variables override it.
     #[arg(long, short, global = true, env = "SIKLUS_CONFIG")]
     config: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    /// Log format on stderr (logs are filtered by `SIKLUS_LOG`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "pretty",
+        env = "SIKLUS_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    Pretty,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -40,17 +41,23 @@ enum Command {
     /// Run the live job: a consumer group over the input topic.
     Run {
         /// Kafka bootstrap servers (overrides kafka."bootstrap.servers").
-        #[arg(long)]
-        brokers: Option<String>,
+        #[arg(long, visible_alias = "brokers")]
+        bootstrap_servers: Option<String>,
         /// State directory (overrides processor.state_dir).
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// Consumer group (overrides processor.group_id).
-        #[arg(long)]
-        group: Option<String>,
+        #[arg(long, visible_alias = "group")]
+        group_id: Option<String>,
         /// Input topic (overrides topics.input).
         #[arg(long)]
         input_topic: Option<String>,
+        /// HTTP listen address (overrides processor.http_listen).
+        #[arg(long)]
+        http_listen: Option<String>,
+        /// Advertised HTTP base URL (overrides processor.advertised_http).
+        #[arg(long)]
+        advertised_http: Option<String>,
         /// Stop when the input's end (as of start) is reached.
         #[arg(long)]
         stop_at_end: bool,
@@ -222,18 +229,6 @@ enum ConfigCommand {
     Check,
 }
 
-fn init_tracing(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIKLUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Pretty => b.init(),
-    }
-}
-
 /// SIGINT and SIGTERM set the flag; the job then drains and commits.
 fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
@@ -269,32 +264,38 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { .. } => "warn",
         _ => "info,rdkafka=warn",
     };
-    init_tracing(cli.log_format, default_filter);
+    let telemetry = Telemetry::init(cli.log_format, default_filter);
+    let result = execute(cli, &telemetry);
+    // Flush the OTLP exporters whatever the outcome.
+    telemetry.shutdown();
+    result
+}
+
+fn execute(cli: Cli, telemetry: &Telemetry) -> anyhow::Result<()> {
     let load =
         || Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"));
     match cli.command {
         Command::Run {
-            brokers,
+            bootstrap_servers,
             state_dir,
-            group,
+            group_id,
             input_topic,
+            http_listen,
+            advertised_http,
             stop_at_end,
             until,
         } => {
             let mut cfg = load()?;
-            if let Some(b) = brokers {
-                cfg.kafka.insert("bootstrap.servers".into(), b);
-            }
-            if let Some(d) = state_dir {
-                cfg.processor.state_dir = d;
-            }
-            if let Some(g) = group {
-                cfg.processor.group_id = g;
-            }
-            if let Some(t) = input_topic {
-                cfg.topics.input = t;
-            }
+            cfg.apply(&Overrides {
+                bootstrap_servers,
+                state_dir,
+                group_id,
+                input_topic,
+                http_listen,
+                advertised_http,
+            });
             let metrics = Arc::new(siklus::metrics::Metrics::default());
+            telemetry.observe(&metrics);
             let summary = siklus::kafka::run(
                 &cfg,
                 siklus::kafka::RunOptions {
@@ -329,6 +330,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(b) = brokers {
                 cfg.kafka.insert("bootstrap.servers".into(), b);
             }
+            let _span = tracing::info_span!("replay", from_topic).entered();
             let until = parse_until(until.as_deref())?;
             let summary = if from_topic {
                 if let Some(t) = topic {
