@@ -349,7 +349,6 @@ impl Engine {
         &self.counters
     }
 
-
     /// Takes ownership of a partition: loads its offset, clock and aggregator.
     pub fn assign(&mut self, partition: u32) -> Result<(), EngineError> {
         if self.partitions.contains_key(&partition) {

@@ -39,9 +39,9 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
 
-use crate::metrics::Metrics;
 #[cfg(feature = "otlp")]
 use crate::metrics::Kind;
+use crate::metrics::Metrics;
 
 /// Format of the log lines on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

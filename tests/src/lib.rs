@@ -399,9 +399,11 @@ pub fn wait_exit(child: &mut Child, timeout: Duration, log: &Path) -> std::proce
     }
 }
 
-/// A plain HTTP/1.1 GET against `addr` (`127.0.0.1:PORT`): status, headers
-/// (lower-case names) and body.
-pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+/// Status, headers (lower-case names) and body of an HTTP response.
+pub type HttpResponse = (u16, Vec<(String, String)>, String);
+
+/// A plain HTTP/1.1 GET against `addr` (`127.0.0.1:PORT`).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<HttpResponse> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
