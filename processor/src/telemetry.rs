@@ -257,10 +257,10 @@ impl Telemetry {
     }
 }
 
-#[cfg(feature = "otlp")]
 /// Registers one observable instrument per family of `metrics`. A counter
 /// `siklus_x_total` is exported as `siklus_x` (OpenTelemetry names carry no
 /// `_total`; a Prometheus exporter of the collector adds it back).
+#[cfg(feature = "otlp")]
 pub fn register(meter: &Meter, metrics: &Arc<Metrics>) {
     for family in metrics.families_at(0) {
         let name = family.name;
@@ -350,9 +350,9 @@ mod tests {
         );
     }
 
-    #[cfg(feature = "otlp")]
     /// A minimal HTTP/1.1 server that records (path, content type, body) of
     /// every POST and answers 200.
+    #[cfg(feature = "otlp")]
     fn collector() -> (String, Arc<Mutex<Vec<(String, String, Vec<u8>)>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
