@@ -16,8 +16,9 @@
 //!
 //! [`Telemetry::shutdown`] flushes both exporters; call it before exiting.
 //!
-//! OTLP export needs the `otlp` cargo feature (on by default); a build
-//! without it logs a warning when the variables ask for OTLP.
+//! OTLP export needs the `otlp` cargo feature (`--features otlp`; the
+//! Docker image has it); a build without it logs a warning when the
+//! variables ask for OTLP.
 
 use std::sync::Arc;
 
