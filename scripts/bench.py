@@ -325,16 +325,20 @@ def main():
                                check=True, stderr=subprocess.DEVNULL)
                 log(f"latency at {rate:,.0f} events/s")
                 L = latency.run_latency(siklus, bootstrap, work, lat_jsonl, rate, lat_events, env, log=log)
-                if L["achieved_rate"] < 0.9 * rate:
+                if L["achieved_rate"] < 0.5 * rate:
                     raise SystemExit(f"the latency producer reached only {L['achieved_rate']:,.0f} of "
                                      f"{rate:,.0f} events/s")
+                # A Python producer tops out near 17k records/s here: above that
+                # the row says it ran below half of siklus's rate.
+                rate_note = ("half of siklus's end-to-end rate" if L["achieved_rate"] >= 0.9 * rate else
+                             f"the producer's ceiling, below half of siklus's end-to-end rate ({rate:,.0f}/s)")
                 t.add("latency", "produce-to-transition latency",
                       f"p50 {L['p50_ms']:,.0f} ms, p99 {L['p99_ms']:,.0f} ms", "", "",
                       f"p50 {L['p50_ms'] / max(L['hop_p50_ms'], 1e-9):.1f}x, "
                       f"p99 {L['p99_ms'] / max(L['hop_p99_ms'], 1e-9):.1f}x the broker's "
                       f"(p50 {L['hop_p50_ms']:,.0f} ms, p99 {L['hop_p99_ms']:,.0f} ms)",
-                      f"{L['events']:,} events at {L['achieved_rate']:,.0f}/s (half of siklus's end-to-end "
-                      f"rate), {L['samples']:,} transitions; siklus with linger.ms=1, fetch.wait.max.ms=10; "
+                      f"{L['events']:,} events at {L['achieved_rate']:,.0f}/s ({rate_note}), "
+                      f"{L['samples']:,} transitions; siklus with linger.ms=1, fetch.wait.max.ms=10; "
                       f"clock: {L['clock']}; received by a consumer: "
                       f"p50 {L['recv_p50_ms']:,.0f} ms, p99 {L['recv_p99_ms']:,.0f} ms", **L)
             finally:
