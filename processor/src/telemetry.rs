@@ -351,10 +351,14 @@ mod tests {
         );
     }
 
+    /// (path, content type, body) of every POST received.
+    #[cfg(feature = "otlp")]
+    type Posts = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
     /// A minimal HTTP/1.1 server that records (path, content type, body) of
     /// every POST and answers 200.
     #[cfg(feature = "otlp")]
-    fn collector() -> (String, Arc<Mutex<Vec<(String, String, Vec<u8>)>>>) {
+    fn collector() -> (String, Posts) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let got = Arc::new(Mutex::new(Vec::new()));

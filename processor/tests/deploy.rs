@@ -94,6 +94,19 @@ fn compose_services_ports_and_endpoints_agree() {
             .unwrap()
             .ends_with(&format!("kafka:{kport}"))
     );
+    // siklus asks the registry where it listens, by its service name.
+    let listener = env_of(registry, "SCHEMA_REGISTRY_LISTENERS").unwrap();
+    let (_, rport) = host_port(listener);
+    assert_eq!(
+        cfg.schema_registry.url,
+        format!("http://schema-registry:{rport}"),
+        "siklus must use the registry service"
+    );
+    assert!(services["siklus"]["depends_on"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d == "schema-registry"));
 
     // Prometheus scrapes siklus where siklus listens.
     let http_port: u16 = cfg
