@@ -49,14 +49,15 @@ const META_AGG: &str = "aggregator";
 
 /// Transitions of each customer kept in the store for the read API.
 pub const RECENT_TRANSITIONS: usize = 10;
-/// Version byte in front of every encoded list of recent transitions.
-const RECENT_VERSION: u8 = 1;
 
 /// A transition as the store keeps it for the read API: the transition
 /// without its profile snapshot (the profile itself is next to it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentTransition {
-    /// Deterministic id of the transition.
+    /// Deterministic id of the transition. Not stored (it is a function of
+    /// the customer and `seq`): empty after decoding until
+    /// [`StoredProfile::fill_transition_ids`].
+    #[serde(skip)]
     pub transition_id: String,
     /// milestone or activity.
     pub dimension: Dimension,
@@ -86,27 +87,6 @@ impl From<&StageTransition> for RecentTransition {
             rule: t.rule.clone(),
             seq: t.seq,
         }
-    }
-}
-
-/// Encodes a customer's recent transitions (oldest first): a version byte, then postcard.
-pub fn encode_recent(recent: &[RecentTransition]) -> Vec<u8> {
-    let mut buf = vec![RECENT_VERSION];
-    // Serializing plain structs into a Vec cannot fail.
-    if let Ok(body) = postcard::to_stdvec(recent) {
-        buf.extend_from_slice(&body);
-    }
-    buf
-}
-
-/// Decodes what [`encode_recent`] wrote.
-pub fn decode_recent(bytes: &[u8]) -> Result<Vec<RecentTransition>, String> {
-    match bytes.split_first() {
-        Some((&RECENT_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| format!("recent transitions: {e}"))
-        }
-        Some((v, _)) => Err(format!("recent transitions version {v} is not supported")),
-        None => Err("empty recent transitions value".into()),
     }
 }
 
@@ -239,6 +219,15 @@ pub struct SeenIds {
     pub spilled: bool,
 }
 
+impl StoredProfile {
+    /// Computes the ids of the last transitions (they are not stored).
+    pub fn fill_transition_ids(&mut self) {
+        for t in &mut self.transitions {
+            t.transition_id = fold::transition_id(&self.profile.customer_id, t.seq);
+        }
+    }
+}
+
 /// A profile value as stored: the profile and its dedup memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredProfile {
@@ -246,6 +235,9 @@ pub struct StoredProfile {
     pub profile: Profile,
     /// Recent event ids of the customer.
     pub seen: SeenIds,
+    /// The customer's last transitions, oldest first (at most
+    /// [`RECENT_TRANSITIONS`]), for the read API.
+    pub transitions: Vec<RecentTransition>,
 }
 
 /// A customer's profile held in memory: loaded for the current step, or kept
@@ -257,6 +249,8 @@ struct Entry {
     seen: SeenIds,
     /// Hashes pushed out of `seen.recent` in this step, for the seen table.
     spill: Vec<u64>,
+    /// Last transitions (travel with the profile value).
+    transitions: Vec<RecentTransition>,
     /// The deadline the store's timer index holds for this customer.
     stored_deadline: Option<i64>,
     /// Whether the store holds a profile for the customer.
@@ -287,8 +281,6 @@ struct PartitionState {
     pending_timers: BTreeSet<(i64, String)>,
     /// No deadline in the store index is earlier than this.
     store_timer_floor: Option<i64>,
-    /// Transitions of this step per customer, for the recent-transitions table.
-    recent: HashMap<String, Vec<RecentTransition>>,
 }
 
 /// Drives the fold over the store for the assigned partitions.
@@ -382,7 +374,6 @@ impl Engine {
                 offset_dirty: false,
                 pending_timers: BTreeSet::new(),
                 store_timer_floor: floor,
-                recent: HashMap::new(),
             },
         );
         Ok(())
@@ -564,12 +555,8 @@ impl Engine {
         let c = self.counters.entry(partition).or_default();
         c.events += 1;
         c.transitions += scratch.transitions.len() as u64;
-        if !scratch.transitions.is_empty() {
-            state
-                .recent
-                .entry(customer.to_string())
-                .or_default()
-                .extend(scratch.transitions.iter().map(RecentTransition::from));
+        if let Some(entry) = state.cache.get_mut(customer) {
+            remember(&mut entry.transitions, &scratch.transitions);
         }
         out.transitions.append(&mut scratch.transitions);
         Ok(())
@@ -613,13 +600,13 @@ impl Engine {
             entry.used = step;
             return Ok(());
         }
-        let (profile, seen) = match self.store.profile(partition, customer)? {
+        let (profile, seen, transitions) = match self.store.profile(partition, customer)? {
             Some(bytes) => {
                 let stored = decode_stored_profile(&bytes)
                     .map_err(|reason| EngineError::Corrupt { partition, reason })?;
-                (Some(stored.profile), stored.seen)
+                (Some(stored.profile), stored.seen, stored.transitions)
             }
-            None => (None, SeenIds::default()),
+            None => (None, SeenIds::default(), Vec::new()),
         };
         let stored_deadline = profile
             .as_ref()
@@ -634,6 +621,7 @@ impl Engine {
                 profile,
                 seen,
                 spill: Vec::new(),
+                transitions,
                 stored_deadline,
                 changed: false,
                 forget_seen: false,
@@ -692,8 +680,8 @@ impl Engine {
             entry.forget_seen = true;
             entry.seen = SeenIds::default();
             entry.spill.clear();
+            entry.transitions.clear();
         }
-        state.recent.remove(customer);
         self.counters.entry(partition).or_default().erasures += 1;
         Ok(corrections)
     }
@@ -861,11 +849,7 @@ impl Engine {
                 let c = self.counters.entry(partition).or_default();
                 c.timers_fired += 1;
                 c.transitions += scratch.transitions.len() as u64;
-                state
-                    .recent
-                    .entry(customer.clone())
-                    .or_default()
-                    .extend(scratch.transitions.iter().map(RecentTransition::from));
+                remember(&mut entry.transitions, &scratch.transitions);
                 out.transitions.append(&mut scratch.transitions);
             }
         }
@@ -922,15 +906,12 @@ impl Engine {
         let rules = self.config.rules.clone();
         let per_partition = self.config.profile_cache / self.partitions.len().max(1);
         for (&partition, state) in self.partitions.iter_mut() {
-            let mut erased: BTreeSet<String> = BTreeSet::new();
             for customer in state.dirty.drain(..) {
                 let Some(entry) = state.cache.get_mut(&customer) else {
                     continue;
                 };
                 if entry.forget_seen {
                     batch.forget_seen(partition, &customer);
-                    batch.delete_recent(partition, &customer);
-                    erased.insert(customer.clone());
                 }
                 let new_deadline = entry
                     .profile
@@ -955,7 +936,7 @@ impl Engine {
                         Some(p) => batch.put_profile(
                             partition,
                             &customer,
-                            &encode_stored_profile(p, &entry.seen),
+                            &encode_stored_profile(p, &entry.seen, &entry.transitions),
                         ),
                         None if entry.stored => batch.delete_profile(partition, &customer),
                         None => {}
@@ -968,23 +949,6 @@ impl Engine {
                 entry.changed = false;
                 entry.forget_seen = false;
                 entry.in_step = false;
-            }
-            for (customer, new) in state.recent.drain() {
-                // An erased customer's earlier transitions are gone; the
-                // ones after the erasure start a new list.
-                let mut all = if erased.contains(&customer) {
-                    Vec::new()
-                } else {
-                    match self.store.recent(partition, &customer)? {
-                        Some(b) => decode_recent(&b)
-                            .map_err(|reason| EngineError::Corrupt { partition, reason })?,
-                        None => Vec::new(),
-                    }
-                };
-                all.extend(new);
-                let excess = all.len().saturating_sub(RECENT_TRANSITIONS);
-                all.drain(..excess);
-                batch.put_recent(partition, &customer, &encode_recent(&all));
             }
             state.offset_dirty = false;
             if state.cache.len() > per_partition {
@@ -1048,19 +1012,36 @@ fn evict(state: &mut PartitionState, keep: usize, rules: &Rules) {
     }
 }
 
-/// Encodes a profile value with no recent event ids (tests and imports).
-pub fn encode_profile(p: &Profile) -> Vec<u8> {
-    encode_stored_profile(p, &SeenIds::default())
+/// Appends a step's transitions to a customer's last ones, keeping at most
+/// [`RECENT_TRANSITIONS`].
+fn remember(kept: &mut Vec<RecentTransition>, new: &[StageTransition]) {
+    if new.is_empty() {
+        return;
+    }
+    kept.extend(new.iter().map(RecentTransition::from));
+    let excess = kept.len().saturating_sub(RECENT_TRANSITIONS);
+    kept.drain(..excess);
 }
 
-/// Encodes a profile value: a version byte, then postcard of the profile and
-/// of its recent event ids.
-pub fn encode_stored_profile(p: &Profile, seen: &SeenIds) -> Vec<u8> {
+/// Encodes a profile value with no recent event ids or transitions (tests
+/// and imports).
+pub fn encode_profile(p: &Profile) -> Vec<u8> {
+    encode_stored_profile(p, &SeenIds::default(), &[])
+}
+
+/// Encodes a profile value: a version byte, then postcard of the profile, of
+/// its recent event ids and of its last transitions.
+pub fn encode_stored_profile(
+    p: &Profile,
+    seen: &SeenIds,
+    transitions: &[RecentTransition],
+) -> Vec<u8> {
     let mut buf = Vec::with_capacity(256);
     buf.push(PROFILE_VERSION);
     // Serializing plain structs into a Vec cannot fail.
     let _ = postcard::to_io(p, &mut buf);
     let _ = postcard::to_io(seen, &mut buf);
+    let _ = postcard::to_io(transitions, &mut buf);
     buf
 }
 
@@ -1076,8 +1057,15 @@ pub fn decode_stored_profile(bytes: &[u8]) -> Result<StoredProfile, String> {
         Some((&PROFILE_VERSION, body)) => {
             let (profile, rest) =
                 postcard::take_from_bytes(body).map_err(|e| format!("profile: {e}"))?;
-            let seen = postcard::from_bytes(rest).map_err(|e| format!("profile ids: {e}"))?;
-            Ok(StoredProfile { profile, seen })
+            let (seen, rest) =
+                postcard::take_from_bytes(rest).map_err(|e| format!("profile ids: {e}"))?;
+            let transitions =
+                postcard::from_bytes(rest).map_err(|e| format!("profile transitions: {e}"))?;
+            Ok(StoredProfile {
+                profile,
+                seen,
+                transitions,
+            })
         }
         Some((&PROFILE_VERSION_1, body)) => Ok(StoredProfile {
             profile: postcard::from_bytes(body).map_err(|e| format!("profile: {e}"))?,
@@ -1085,6 +1073,7 @@ pub fn decode_stored_profile(bytes: &[u8]) -> Result<StoredProfile, String> {
                 recent: Vec::new(),
                 spilled: true,
             },
+            transitions: Vec::new(),
         }),
         Some((v, _)) => Err(format!("profile value version {v} is not supported")),
         None => Err("empty profile value".into()),

@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use siklus_state::Store;
 
-use crate::engine::{decode_profile, decode_recent};
+use crate::engine::decode_stored_profile;
 use crate::instances::Directory;
 use crate::metrics::Metrics;
 use crate::partitioner::KeyPartitioner;
@@ -125,12 +125,9 @@ async fn customer(State(s): State<AppState>, Path(id): Path<String>) -> Response
         order.sort_by_key(|p| *p != partition);
         for p in order {
             if let Some(bytes) = store.profile(p, &lookup_id).map_err(|e| e.to_string())? {
-                let profile = decode_profile(&bytes)?;
-                let recent = match store.recent(p, &lookup_id).map_err(|e| e.to_string())? {
-                    Some(b) => decode_recent(&b)?,
-                    None => Vec::new(),
-                };
-                return Ok(Some((p, profile, recent)));
+                let mut stored = decode_stored_profile(&bytes)?;
+                stored.fill_transition_ids();
+                return Ok(Some((p, stored.profile, stored.transitions)));
             }
         }
         Ok(None)
