@@ -41,6 +41,9 @@ const PROFILE_VERSION: u8 = 2;
 pub const RECENT_IDS: usize = 16;
 /// Longest customer or event id accepted (bytes); longer ones are dead letters.
 pub const MAX_ID_BYTES: usize = 1024;
+/// Customers whose timers a bounded input's end fires per step: each step
+/// holds their profiles and transitions in memory until its commit.
+pub const TIMER_CHUNK: usize = 10_000;
 /// Default of [`EngineConfig::profile_cache`].
 pub const DEFAULT_PROFILE_CACHE: usize = 10_000;
 /// Partition metadata: clock and aggregator.

@@ -392,7 +392,7 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
     });
     if let Some(end) = end {
         // Fire due timers in chunks so memory stays bounded.
-        while engine.fire_timers(0, end, 50_000, &mut out)? {
+        while engine.fire_timers(0, end, crate::engine::TIMER_CHUNK, &mut out)? {
             files.write_step(&mut out, &mut raw)?;
             commit_checkpoint(&mut engine, Some(&mut files), &merger, false)?;
         }

@@ -562,7 +562,7 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
     });
     if let Some(end) = end {
         for p in 0..partitions as u32 {
-            while engine.fire_timers(p, end, 50_000, &mut out)? {
+            while engine.fire_timers(p, end, crate::engine::TIMER_CHUNK, &mut out)? {
                 emit(
                     &mut files,
                     sink.as_ref(),
