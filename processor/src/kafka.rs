@@ -1074,14 +1074,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                     last_input = Instant::now();
                     last_assigned = assigned.clone();
                 }
-                let caught_up = !assigned.is_empty()
-                    && ends.iter().all(|(p, high)| {
-                        !assigned.contains(p)
-                            || *high == 0
-                            || w.engine.next_offset(*p).is_some_and(|n| n >= *high)
-                    })
-                    && assigned.len() == ends.len()
-                    && last_input.elapsed() >= quiet;
+                let caught_up = applied_to_ends(&w.engine, &ends) && last_input.elapsed() >= quiet;
                 if caught_up {
                     if let Some(end) = opts.end_time {
                         let mut out = std::mem::take(&mut w.out);
@@ -1104,13 +1097,10 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                 last_commit = Instant::now();
             }
             if opts.stop_at_end && summary.processing_secs.is_none() {
-                let assigned = w.engine.assigned();
-                let applied_all = assigned.len() == ends.len()
-                    && ends.iter().all(|(p, high)| {
-                        *high == 0 || w.engine.next_offset(*p).is_some_and(|n| n >= *high)
-                    });
-                if let (true, Some(first)) = (applied_all && w.engine.step_size() == 0, first_input)
-                {
+                if let (true, Some(first)) = (
+                    applied_to_ends(&w.engine, &ends) && w.engine.step_size() == 0,
+                    first_input,
+                ) {
                     summary.processing_secs = Some(first.elapsed().as_secs_f64());
                 }
             }
@@ -1197,6 +1187,17 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
 /// Decodes and applies one record. Returns false, without applying it,
 /// when `stop` turned true while its writer schema was being fetched from
 /// an unreachable registry.
+/// Whether this instance owns every partition of the input and has applied
+/// each one up to its probed end.
+fn applied_to_ends(engine: &Engine, ends: &BTreeMap<u32, i64>) -> bool {
+    let assigned = engine.assigned();
+    !assigned.is_empty()
+        && assigned.len() == ends.len()
+        && ends
+            .iter()
+            .all(|(p, high)| *high == 0 || engine.next_offset(*p).is_some_and(|n| n >= *high))
+}
+
 fn handle_message(
     w: &mut Worker,
     decoder: &mut Decoder,
