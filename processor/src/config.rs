@@ -30,6 +30,30 @@ pub struct Config {
     pub schemas: Schemas,
     /// The Schema Registry, when input and output schemas live in one.
     pub schema_registry: SchemaRegistry,
+    /// Delivery guarantee of the outputs.
+    pub processing: Processing,
+}
+
+/// How outputs are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs may repeat after a crash, with the same deterministic ids
+    /// (consumers deduplicate by id). Works on every broker.
+    #[default]
+    AtLeastOnce,
+    /// Outputs, changelog records and input offsets of a step commit in one
+    /// Kafka transaction: a `read_committed` consumer sees each output once.
+    /// Needs a broker with transactions.
+    ExactlyOnce,
+}
+
+/// The `[processing]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Processing {
+    /// `at_least_once` (default) or `exactly_once`.
+    pub guarantee: Guarantee,
 }
 
 impl Default for Config {
@@ -46,6 +70,7 @@ impl Default for Config {
             rules: Rules::default(),
             schemas: Schemas::default(),
             schema_registry: SchemaRegistry::default(),
+            processing: Processing::default(),
         }
     }
 }
@@ -137,6 +162,17 @@ pub struct Processor {
     /// Profiles kept decoded in memory between commits, over all assigned
     /// partitions (a read cache in front of RocksDB; 0 turns it off).
     pub profile_cache: usize,
+    /// RocksDB memtables kept at most (each `write_buffer_bytes`).
+    pub max_write_buffers: i32,
+    /// Write every state change to the compacted changelog topic
+    /// `siklus.<group>.profiles-changelog`, and restore partitions from it
+    /// when they are assigned with local state missing or behind (default
+    /// true). Off, a partition without local state is rebuilt from the input.
+    pub changelog: bool,
+    /// Delete a profile once it has been churned for this many days of
+    /// event time (through the changelog too; 0, the default, keeps
+    /// profiles for ever). A later event of the customer starts a new profile.
+    pub expire_churned_after_days: u32,
 }
 
 impl Default for Processor {
@@ -161,6 +197,9 @@ impl Default for Processor {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
             profile_cache: crate::engine::DEFAULT_PROFILE_CACHE,
+            max_write_buffers: 2,
+            changelog: true,
+            expire_churned_after_days: 0,
         }
     }
 }
@@ -310,6 +349,7 @@ impl Config {
                 "rules.",
                 "schemas.",
                 "schema_registry.",
+                "processing.",
             ]
             .iter()
             .any(|s| k.starts_with(s))
@@ -335,6 +375,9 @@ impl Config {
         self.rules.validate()?;
         if self.processor.allowed_lateness_ms < 0 {
             return Err("processor.allowed_lateness_ms must not be negative".into());
+        }
+        if self.processor.max_write_buffers < 1 {
+            return Err("processor.max_write_buffers must be at least 1".into());
         }
         if self.processor.max_batch == 0 {
             return Err("processor.max_batch must be at least 1".into());
@@ -363,12 +406,19 @@ impl Config {
             live_watermark,
             max_time_jump_ms: self.processor.max_time_jump_ms,
             profile_cache: self.processor.profile_cache,
+            expire_churned_after_ms: (self.processor.expire_churned_after_days > 0)
+                .then(|| i64::from(self.processor.expire_churned_after_days) * crate::time::DAY_MS),
         }
     }
 
     /// The internal topic carrying window partials to the merge stage.
     pub fn partials_topic(&self) -> String {
         format!("siklus.{}.partials", self.processor.group_id)
+    }
+
+    /// The compacted changelog topic of the profile store.
+    pub fn changelog_topic(&self) -> String {
+        format!("siklus.{}.profiles-changelog", self.processor.group_id)
     }
 
     /// The compacted topic where instances publish their HTTP address and
@@ -404,6 +454,7 @@ impl Config {
         siklus_state::StoreOptions {
             block_cache_bytes: self.processor.block_cache_bytes,
             write_buffer_bytes: self.processor.write_buffer_bytes,
+            max_write_buffers: self.processor.max_write_buffers,
             ..Default::default()
         }
     }

@@ -24,6 +24,7 @@ use siklus_state::{Batch, StateError, Store};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::aggregate::{Partial, PartitionAggregator};
+use crate::changelog::{self, ChangeRecord};
 use crate::codec::DecodeError;
 use crate::fold::{self, FoldOutput};
 use crate::model::{Dimension, EventType, InteractionEvent, Profile, StageTransition};
@@ -129,6 +130,10 @@ pub struct EngineConfig {
     /// Profiles kept in memory between commits, over all partitions (a
     /// cache of the store: a hit saves a RocksDB read and a decode).
     pub profile_cache: usize,
+    /// Event-time expiry: a churned profile whose last activity is older
+    /// than this (ms) when the watermark passes is deleted, as if erased
+    /// (`None`: profiles are kept for ever).
+    pub expire_churned_after_ms: Option<i64>,
 }
 
 impl Default for EngineConfig {
@@ -139,6 +144,7 @@ impl Default for EngineConfig {
             live_watermark: true,
             max_time_jump_ms: 400 * crate::time::DAY_MS,
             profile_cache: DEFAULT_PROFILE_CACHE,
+            expire_churned_after_ms: None,
         }
     }
 }
@@ -198,6 +204,8 @@ pub struct Counters {
     pub unknown_types: u64,
     /// Customers erased.
     pub erasures: u64,
+    /// Churned profiles deleted by the event-time expiry.
+    pub expired: u64,
     /// Transitions emitted.
     pub transitions: u64,
     /// Timers fired by the watermark.
@@ -332,6 +340,7 @@ impl Engine {
             t.late_events += c.late_events;
             t.unknown_types += c.unknown_types;
             t.erasures += c.erasures;
+            t.expired += c.expired;
             t.transitions += c.transitions;
             t.timers_fired += c.timers_fired;
         }
@@ -510,6 +519,7 @@ impl Engine {
         }
         if ty == EventType::CustomerErased {
             let corrections = self.erase(partition, customer, event.occurred_at)?;
+            self.counters.entry(partition).or_default().erasures += 1;
             let state = self.state_mut(partition)?;
             state.aggregator.record_event(event.occurred_at);
             state.aggregator.record(&[], &corrections);
@@ -518,7 +528,8 @@ impl Engine {
         if ty == EventType::Unknown {
             self.counters.entry(partition).or_default().unknown_types += 1;
         }
-        let rules = &self.config.rules;
+        let config = &self.config;
+        let rules = &config.rules;
         let scratch = &mut self.scratch;
         scratch.clear();
         let state = self
@@ -533,9 +544,9 @@ impl Engine {
             state.dirty.push(customer.to_string());
         }
         let profile = entry.profile.get_or_insert_with(|| Profile::new(customer));
-        let before = fold::next_deadline(profile, rules);
+        let before = deadline(profile, config);
         fold::apply_event(profile, event, rules, scratch);
-        let after = fold::next_deadline(profile, rules);
+        let after = deadline(profile, config);
         entry.changed = true;
         if entry.seen.recent.len() >= RECENT_IDS {
             let oldest = entry.seen.recent.remove(0);
@@ -611,9 +622,7 @@ impl Engine {
             }
             None => (None, SeenIds::default(), Vec::new()),
         };
-        let stored_deadline = profile
-            .as_ref()
-            .and_then(|p| fold::next_deadline(p, &self.config.rules));
+        let stored_deadline = profile.as_ref().and_then(|p| deadline(p, &self.config));
         if let Some(d) = stored_deadline {
             state.pending_timers.insert((d, customer.to_string()));
         }
@@ -635,9 +644,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Deletes a customer: profile, timer and dedup ids. Returns the gauge
-    /// corrections for the aggregates (the customer leaves the live, paying
-    /// and revenue totals).
+    /// Deletes a customer (erased or expired): profile, timer and dedup ids.
+    /// Returns the gauge corrections for the aggregates (the customer leaves
+    /// the live, paying and revenue totals).
     fn erase(
         &mut self,
         partition: u32,
@@ -646,7 +655,7 @@ impl Engine {
     ) -> Result<Vec<crate::model::TimedSignal>, EngineError> {
         use crate::model::{Activity, Signal, TimedSignal};
         self.load(partition, customer)?;
-        let rules = self.config.rules.clone();
+        let config = self.config.clone();
         let state = self.state_mut(partition)?;
         let mut corrections = Vec::new();
         if let Some(p) = state.cache.get(customer).and_then(|e| e.profile.as_ref()) {
@@ -671,11 +680,7 @@ impl Engine {
                 entry.in_step = true;
                 state.dirty.push(customer.to_string());
             }
-            if let Some(d) = entry
-                .profile
-                .as_ref()
-                .and_then(|p| fold::next_deadline(p, &rules))
-            {
+            if let Some(d) = entry.profile.as_ref().and_then(|p| deadline(p, &config)) {
                 state.pending_timers.remove(&(d, customer.to_string()));
             }
             entry.profile = None;
@@ -685,7 +690,6 @@ impl Engine {
             entry.spill.clear();
             entry.transitions.clear();
         }
-        self.counters.entry(partition).or_default().erasures += 1;
         Ok(corrections)
     }
 
@@ -814,7 +818,8 @@ impl Engine {
                 continue;
             }
             self.load(partition, &customer)?;
-            let rules = &self.config.rules;
+            let config = &self.config;
+            let rules = &config.rules;
             let scratch = &mut self.scratch;
             scratch.clear();
             let Some(state) = self.partitions.get_mut(&partition) else {
@@ -826,9 +831,10 @@ impl Engine {
             let Some(profile) = entry.profile.as_mut() else {
                 continue;
             };
-            let before_deadline = fold::next_deadline(profile, rules);
+            let before_deadline = deadline(profile, config);
             fold::advance_to(profile, before, rules, scratch);
-            let after_deadline = fold::next_deadline(profile, rules);
+            let after_deadline = deadline(profile, config);
+            let expires_at = expiry_deadline(profile, config).filter(|d| *d < before);
             if before_deadline != after_deadline || !scratch.transitions.is_empty() {
                 entry.changed = true;
                 if !entry.in_step {
@@ -854,6 +860,15 @@ impl Engine {
                 c.transitions += scratch.transitions.len() as u64;
                 remember(&mut entry.transitions, &scratch.transitions);
                 out.transitions.append(&mut scratch.transitions);
+            }
+            if let Some(at) = expires_at {
+                // Churned for longer than the retention period: the profile
+                // goes, through the changelog too, as if erased.
+                let corrections = self.erase(partition, &customer, at)?;
+                let state = self.state_mut(partition)?;
+                state.aggregator.record(&[], &corrections);
+                self.counters.entry(partition).or_default().expired += 1;
+                fired += 1;
             }
         }
         if !more && floor.is_some_and(|f| f < before) {
@@ -905,21 +920,53 @@ impl Engine {
 
     /// Like [`Engine::commit`], with more writes of the driver's in the same
     /// atomic batch (a replay's output positions and merge state).
-    pub fn commit_with(&mut self, mut batch: Batch) -> Result<(), EngineError> {
-        let rules = self.config.rules.clone();
+    pub fn commit_with(&mut self, batch: Batch) -> Result<(), EngineError> {
+        let batch = self.prepare_commit(batch, None)?;
+        self.write_commit(batch)
+    }
+
+    /// The first half of a commit: adds everything processed since the last
+    /// commit to `batch` and, when `changelog` is given, lists the same
+    /// changes as changelog records (in step order, each partition's ending
+    /// with its input offset record). The engine then holds the step as
+    /// committed: write the returned batch with [`Engine::write_commit`] once
+    /// the outputs and the changelog records are acknowledged, or call
+    /// [`Engine::rollback`] if they are not.
+    pub fn prepare_commit(
+        &mut self,
+        mut batch: Batch,
+        mut changelog: Option<&mut Vec<ChangeRecord>>,
+    ) -> Result<Batch, EngineError> {
+        let config = self.config.clone();
         let per_partition = self.config.profile_cache / self.partitions.len().max(1);
+        let store = self.store.clone();
+        let logging = changelog.is_some();
         for (&partition, state) in self.partitions.iter_mut() {
+            let touched = !state.dirty.is_empty() || state.offset_dirty || state.clock_dirty;
+            let input_next = state.next_offset.unwrap_or(0);
+            let mut record = |key: Vec<u8>, value: Option<Vec<u8>>| {
+                if let Some(c) = changelog.as_deref_mut() {
+                    c.push(ChangeRecord {
+                        partition,
+                        key,
+                        value,
+                        input_next,
+                    });
+                }
+            };
             for customer in state.dirty.drain(..) {
                 let Some(entry) = state.cache.get_mut(&customer) else {
                     continue;
                 };
                 if entry.forget_seen {
+                    if logging {
+                        for h in store.seen_hashes(partition, &customer)? {
+                            record(changelog::seen_key(&customer, h), None);
+                        }
+                    }
                     batch.forget_seen(partition, &customer);
                 }
-                let new_deadline = entry
-                    .profile
-                    .as_ref()
-                    .and_then(|p| fold::next_deadline(p, &rules));
+                let new_deadline = entry.profile.as_ref().and_then(|p| deadline(p, &config));
                 if entry.stored_deadline != new_deadline {
                     if let Some(d) = entry.stored_deadline {
                         batch.delete_timer(partition, d, &customer);
@@ -933,15 +980,19 @@ impl Engine {
                 // After the range delete of an erasure, so ids spilled since stay.
                 for h in &entry.spill {
                     batch.mark_seen(partition, &customer, *h);
+                    record(changelog::seen_key(&customer, *h), Some(Vec::new()));
                 }
                 if entry.changed {
                     match &entry.profile {
-                        Some(p) => batch.put_profile(
-                            partition,
-                            &customer,
-                            &encode_stored_profile(p, &entry.seen, &entry.transitions),
-                        ),
-                        None if entry.stored => batch.delete_profile(partition, &customer),
+                        Some(p) => {
+                            let value = encode_stored_profile(p, &entry.seen, &entry.transitions);
+                            batch.put_profile(partition, &customer, &value);
+                            record(changelog::profile_key(&customer), Some(value));
+                        }
+                        None if entry.stored => {
+                            batch.delete_profile(partition, &customer);
+                            record(changelog::profile_key(&customer), None);
+                        }
                         None => {}
                     }
                 }
@@ -955,10 +1006,7 @@ impl Engine {
             }
             state.offset_dirty = false;
             if state.cache.len() > per_partition {
-                evict(state, per_partition - per_partition / 4, &rules);
-            }
-            if let Some(next) = state.next_offset {
-                batch.set_offset(partition, next);
+                evict(state, per_partition - per_partition / 4, &config);
             }
             if state.clock_dirty {
                 let clock =
@@ -967,6 +1015,7 @@ impl Engine {
                         reason: format!("clock: {e}"),
                     })?;
                 batch.put_meta(partition, META_CLOCK, &clock);
+                record(changelog::meta_key(META_CLOCK), Some(clock));
                 state.clock_dirty = false;
             }
             let agg = postcard::to_stdvec(&state.aggregator).map_err(|e| EngineError::Corrupt {
@@ -974,7 +1023,24 @@ impl Engine {
                 reason: format!("aggregator: {e}"),
             })?;
             batch.put_meta(partition, META_AGG, &agg);
+            if touched {
+                record(changelog::meta_key(META_AGG), Some(agg));
+            }
+            if let Some(next) = state.next_offset {
+                batch.set_offset(partition, next);
+            }
+            if touched {
+                // Last: it ends the partition's step (-1: nothing consumed yet).
+                let next = state.next_offset.unwrap_or(-1);
+                record(changelog::offset_key(), Some(next.to_be_bytes().to_vec()));
+            }
         }
+        Ok(batch)
+    }
+
+    /// The second half of a commit: writes a batch from
+    /// [`Engine::prepare_commit`] (with the driver's own writes added).
+    pub fn write_commit(&mut self, batch: Batch) -> Result<(), EngineError> {
         self.store.write(batch)?;
         self.steps += 1;
         Ok(())
@@ -992,9 +1058,24 @@ impl Engine {
     }
 }
 
+/// The timer deadline of a profile: its next inactivity deadline, or, for a
+/// churned profile with expiry on, when it expires.
+pub fn deadline(p: &Profile, config: &EngineConfig) -> Option<i64> {
+    fold::next_deadline(p, &config.rules).or_else(|| expiry_deadline(p, config))
+}
+
+/// When a churned profile expires (expiry on).
+fn expiry_deadline(p: &Profile, config: &EngineConfig) -> Option<i64> {
+    let after = config.expire_churned_after_ms?;
+    if p.activity != Some(crate::model::Activity::Churned) {
+        return None;
+    }
+    Some(p.last_activity_at?.saturating_add(after))
+}
+
 /// Shrinks a partition's cache (all clean, right after a commit) to `keep`
 /// entries, dropping the least recently used ones and their pending timers.
-fn evict(state: &mut PartitionState, keep: usize, rules: &Rules) {
+fn evict(state: &mut PartitionState, keep: usize, config: &EngineConfig) {
     let mut ages: Vec<(u64, &String)> = state.cache.iter().map(|(k, e)| (e.used, k)).collect();
     if ages.len() <= keep {
         return;
@@ -1004,11 +1085,7 @@ fn evict(state: &mut PartitionState, keep: usize, rules: &Rules) {
     let victims: Vec<String> = ages[..cut].iter().map(|(_, k)| (*k).clone()).collect();
     for customer in victims {
         if let Some(entry) = state.cache.remove(&customer) {
-            if let Some(d) = entry
-                .profile
-                .as_ref()
-                .and_then(|p| fold::next_deadline(p, rules))
-            {
+            if let Some(d) = entry.profile.as_ref().and_then(|p| deadline(p, config)) {
                 state.pending_timers.remove(&(d, customer));
             }
         }

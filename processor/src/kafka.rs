@@ -1282,10 +1282,16 @@ fn advance_idle(
     high_watermark: impl Fn(u32) -> Option<i64>,
 ) -> anyhow::Result<()> {
     let assigned = w.engine.assigned();
+    last_seen.retain(|p, _| assigned.contains(p));
     let mut idle_parts = Vec::new();
     let mut active = Vec::new();
     for p in &assigned {
-        let quiet = last_seen.get(p).is_none_or(|t| t.elapsed() >= idle);
+        // A partition not heard from since it was assigned starts its idle
+        // clock now: right after an assignment its records may not have been
+        // fetched yet, and a high watermark reported below the true end (tansu
+        // 0.6) would otherwise make it look idle and jump its watermark ahead
+        // of its own records (firing timers early).
+        let quiet = last_seen.entry(*p).or_insert_with(Instant::now).elapsed() >= idle;
         if !quiet {
             active.push(*p);
             continue;

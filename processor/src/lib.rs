@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod bench;
+pub mod changelog;
 pub mod codec;
 pub mod config;
 pub mod demo;

@@ -37,11 +37,18 @@ pub struct PartitionFigures {
     pub high_watermark: i64,
     /// Event-time watermark (epoch ms), if any.
     pub watermark: Option<i64>,
-    /// Records read to rebuild the state of a partition assigned without
-    /// local state, from its start to the end it had when assigned.
+    /// Records read to rebuild the state of a partition assigned with its
+    /// local state missing or behind: changelog records (or, with the
+    /// changelog off, input records from the start of the partition).
     pub restored_records: u64,
     /// Records left to read before that rebuild is done (0 when restored).
     pub restore_remaining: u64,
+    /// Restore speed of the running restore (records/s, 0 when none runs).
+    pub restore_rate: u64,
+    /// Estimated seconds left of the running restore.
+    pub restore_eta_secs: u64,
+    /// Restores from the changelog completed.
+    pub restores: u64,
     /// Whether the partition is assigned to this instance.
     pub assigned: bool,
 }
@@ -251,7 +258,7 @@ impl Metrics {
 
         // Per partition, from the engine.
         type Pick = fn(&Counters) -> u64;
-        let engine_families: [(&'static str, &'static str, Pick); 9] = [
+        let engine_families: [(&'static str, &'static str, Pick); 10] = [
             (
                 "siklus_events_applied_total",
                 "Events applied to profiles",
@@ -293,6 +300,11 @@ impl Metrics {
                 |c| c.timers_fired,
             ),
             ("siklus_erasures_total", "Customers erased", |c| c.erasures),
+            (
+                "siklus_expired_profiles_total",
+                "Churned profiles deleted by the event-time expiry",
+                |c| c.expired,
+            ),
         ];
         for (name, help, pick) in engine_families {
             let mut f = family(name, help, Counter);
@@ -316,8 +328,23 @@ impl Metrics {
         );
         let mut restored = family(
             "siklus_restored_records_total",
-            "Records read to rebuild the state of a partition assigned without local state",
+            "Records read to rebuild a partition's state: from the changelog, or from the input when the changelog is off",
             Counter,
+        );
+        let mut restores = family(
+            "siklus_changelog_restores_total",
+            "Restores of a partition's state from the changelog completed",
+            Counter,
+        );
+        let mut rate = family(
+            "siklus_restore_records_per_second",
+            "Speed of the running restore of a partition (0: none runs)",
+            Gauge,
+        );
+        let mut eta = family(
+            "siklus_restore_eta_seconds",
+            "Estimated time left of the running restore of a partition",
+            Gauge,
         );
         let mut remaining = family(
             "siklus_restore_remaining_records",
@@ -349,10 +376,13 @@ impl Metrics {
             records.samples.push((l(), f.records_in as f64));
             gaps.samples.push((l(), f.offset_gaps as f64));
             restored.samples.push((l(), f.restored_records as f64));
+            restores.samples.push((l(), f.restores as f64));
             if !f.assigned {
                 continue;
             }
             remaining.samples.push((l(), f.restore_remaining as f64));
+            rate.samples.push((l(), f.restore_rate as f64));
+            eta.samples.push((l(), f.restore_eta_secs as f64));
             position.samples.push((l(), f.position as f64));
             if f.high_watermark >= 0 {
                 lag.samples
@@ -363,7 +393,9 @@ impl Metrics {
                 delay.samples.push((l(), (now - w) as f64 / 1000.0));
             }
         }
-        out.extend([records, gaps, restored, remaining, lag, position, wm, delay]);
+        out.extend([
+            records, gaps, restored, restores, remaining, rate, eta, lag, position, wm, delay,
+        ]);
 
         let mut by_stage = family(
             "siklus_transitions_out_total",

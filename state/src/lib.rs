@@ -257,6 +257,26 @@ impl Store {
         Ok(self.db.get_pinned(key)?.is_some())
     }
 
+    /// The event hashes of `customer` in the seen table, ascending (for the
+    /// tombstones of an erasure). Empty for an id too long for seen keys.
+    pub fn seen_hashes(&self, partition: u32, customer: &str) -> Result<Vec<u64>, StateError> {
+        let Ok(prefix) = keys::seen_customer_prefix(partition, customer) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let upper = keys::prefix_end(&prefix);
+        self.scan(&prefix, upper, None, |k, _| {
+            let hash = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StateError::Corrupt(format!("seen key {}", keys::hex(k))))?;
+            out.push(hash);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// Timers of `partition` with deadline `< before` (strictly), ascending by
     /// `(deadline, customer)`, at most `limit`.
     pub fn due_timers(
@@ -523,6 +543,14 @@ impl Batch {
         match keys::seen(partition, customer, event_hash) {
             Ok(k) => self.put(&k, &[]),
             Err(e) => self.fail(e),
+        }
+    }
+
+    /// Removes one seen event of `customer`.
+    pub fn delete_seen(&mut self, partition: u32, customer: &str, event_hash: u64) {
+        // An id too long for a seen key can have no seen entries: no-op.
+        if let Ok(k) = keys::seen(partition, customer, event_hash) {
+            self.delete(&k);
         }
     }
 
