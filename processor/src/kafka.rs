@@ -37,11 +37,13 @@ use siklus_state::{Batch, Store};
 use tracing::{debug, info, warn};
 
 use crate::aggregate::{Aggregate, CohortCell, Merger, Partial};
+use crate::changelog::{ChangeRecord, INPUT_OFFSET_HEADER, META_CHANGELOG_NEXT};
 use crate::codec::registry::{value_subject, RegistryClient};
 use crate::codec::{DecodeError, Decoder, OutputFormat, TransitionEncoder, STAGE_TRANSITION_AVSC};
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::engine::{Engine, EngineError, Outputs};
 use crate::metrics::Metrics;
+use crate::restore::Restores;
 
 /// How long start-up waits for an unreachable Schema Registry to register
 /// the output schemas before giving up.
@@ -118,9 +120,10 @@ fn update_figures(w: &mut Worker, consumer: &BaseConsumer<InputContext>, topic: 
         store.property("rocksdb.estimate-live-data-size"),
         Ordering::Relaxed,
     );
+    let restores_done = w.restores.as_ref().is_none_or(Restores::is_empty);
     w.metrics
         .ready
-        .store(w.restoring.is_empty(), Ordering::Relaxed);
+        .store(w.restoring.is_empty() && restores_done, Ordering::Relaxed);
 }
 
 /// How a run ends.
@@ -243,6 +246,18 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
     if !cfg.topics.segment.is_empty() {
         wanted.push((cfg.topics.segment.clone(), parts, false));
     }
+    if cfg.processor.changelog {
+        let changelog = cfg.changelog_topic();
+        if let Some(n) = existing.get(&changelog) {
+            if *n != parts {
+                bail!(
+                    "the changelog topic {changelog} has {n} partitions, the input {parts}: \
+                     a changelog partition holds the state of the input partition of the same number"
+                );
+            }
+        }
+        wanted.push((changelog, parts, true));
+    }
     let new: Vec<NewTopic> = wanted
         .iter()
         .filter(|(n, _, _)| !existing.contains_key(n))
@@ -301,6 +316,22 @@ pub struct DeliveryContext {
     /// A topic whose records are best effort (the instances directory):
     /// their failures are logged, never fail a step.
     best_effort_topic: String,
+    /// The changelog topic, whose delivered offsets are tracked.
+    changelog_topic: String,
+    /// Per changelog partition: one past the last delivered offset.
+    changelog_next: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl DeliveryContext {
+    fn new(cfg: &Config) -> Self {
+        DeliveryContext {
+            failures: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            best_effort_topic: cfg.instances_topic(),
+            changelog_topic: cfg.changelog_topic(),
+            changelog_next: Mutex::new(BTreeMap::new()),
+        }
+    }
 }
 
 impl ClientContext for DeliveryContext {}
@@ -308,6 +339,13 @@ impl ClientContext for DeliveryContext {}
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(m) = result {
+            if m.topic() == self.changelog_topic {
+                let mut next = lock(&self.changelog_next);
+                let e = next.entry(m.partition()).or_insert(0);
+                *e = (*e).max(m.offset() + 1);
+            }
+        }
         if let Err((e, m)) = result {
             if m.topic() == self.best_effort_topic {
                 debug!(error = %e, "instance record not delivered");
@@ -326,6 +364,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether a transactional producer error is fatal (the producer is fenced
+/// or broken for good).
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+}
+
+/// Calls a transactional producer API, retrying retriable errors a few
+/// times. Fatal errors become [`FatalProducerError`]; the others (abort
+/// required, retries exhausted) are returned for the caller to abort.
+fn txn_call(what: &str, mut f: impl FnMut() -> Result<(), KafkaError>) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Ok(()) => return Ok(()),
+            Err(e) if is_fatal(&e) => {
+                return Err(FatalProducerError(format!("{what}: {e}")).into());
+            }
+            Err(KafkaError::Transaction(t)) if t.is_retriable() && attempt < 5 => {
+                attempt += 1;
+                warn!(error = %t, attempt, "retrying the transaction's {what}");
+                std::thread::sleep(Duration::from_millis(100 << attempt));
+            }
+            Err(e) => return Err(anyhow!("transaction {what}: {e}")),
+        }
+    }
+}
+
 /// The original key and value of a record, for the dead-letter topic.
 pub type RawKeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -336,9 +401,20 @@ struct RawRecord {
     headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// A producer error that no retry or abort can cure (fenced by a newer
+/// instance, or a fatal idempotence error): the process must stop.
+#[derive(Debug, thiserror::Error)]
+#[error("fatal producer error: {0}")]
+pub struct FatalProducerError(pub String);
+
 /// Sends outputs and waits for their acknowledgement.
 pub struct OutputSink {
+    /// Step outputs and changelog records (transactional under exactly-once).
     producer: ThreadedProducer<DeliveryContext>,
+    /// Under exactly-once: the merge stage's outputs and the instance
+    /// directory, which live outside the step transactions.
+    side: Option<ThreadedProducer<DeliveryContext>>,
+    changelog_topic: String,
     encoder: TransitionEncoder,
     transitions_topic: String,
     /// Segment-style audience events, when turned on.
@@ -352,25 +428,60 @@ pub struct OutputSink {
 }
 
 impl OutputSink {
-    /// A sink for the configured topics.
+    /// An at-least-once sink for the configured topics.
     pub fn new(cfg: &Config) -> anyhow::Result<Self> {
-        let mut c = client_config(cfg);
-        // Idempotence keeps each partition's output in order across retries.
-        if !cfg.kafka.contains_key("enable.idempotence") {
-            c.set("enable.idempotence", "true");
+        Self::with_transactional_id(cfg, None)
+    }
+
+    /// A sink for `siklus run`: transactional, with `transactional.id`
+    /// `siklus.<group>.<instance>`, when `processing.guarantee` is
+    /// `exactly_once`. A restarted instance with the same id fences its
+    /// previous incarnation and aborts its open transaction.
+    pub fn for_run(cfg: &Config, instance: &str) -> anyhow::Result<Self> {
+        match cfg.processing.guarantee {
+            Guarantee::AtLeastOnce => Self::new(cfg),
+            Guarantee::ExactlyOnce => Self::with_transactional_id(
+                cfg,
+                Some(format!("siklus.{}.{instance}", cfg.processor.group_id)),
+            ),
         }
-        if !cfg.kafka.contains_key("linger.ms") {
-            c.set("linger.ms", "5");
+    }
+
+    fn with_transactional_id(cfg: &Config, txn_id: Option<String>) -> anyhow::Result<Self> {
+        let producer_config = || {
+            let mut c = client_config(cfg);
+            // Idempotence keeps each partition's output in order across retries.
+            if !cfg.kafka.contains_key("enable.idempotence") {
+                c.set("enable.idempotence", "true");
+            }
+            if !cfg.kafka.contains_key("linger.ms") {
+                c.set("linger.ms", "5");
+            }
+            c
+        };
+        let mut c = producer_config();
+        let mut side = None;
+        if let Some(id) = &txn_id {
+            c.set("transactional.id", id);
+            side = Some(
+                producer_config()
+                    .create_with_context(DeliveryContext::new(cfg))
+                    .context("creating the side producer")?,
+            );
         }
-        let producer = c
-            .create_with_context(DeliveryContext {
-                failures: AtomicU64::new(0),
-                first_error: Mutex::new(None),
-                best_effort_topic: cfg.instances_topic(),
-            })
+        let producer: ThreadedProducer<DeliveryContext> = c
+            .create_with_context(DeliveryContext::new(cfg))
             .context("creating the output producer")?;
+        if let Some(id) = &txn_id {
+            producer
+                .init_transactions(Duration::from_secs(60))
+                .with_context(|| format!("initialising transactions (transactional.id {id})"))?;
+            info!(transactional_id = %id, "exactly-once outputs");
+        }
         Ok(OutputSink {
             producer,
+            side,
+            changelog_topic: cfg.changelog_topic(),
             encoder: TransitionEncoder::new(
                 cfg.processor.output_format,
                 transitions_schema_id(cfg)?,
@@ -386,13 +497,19 @@ impl OutputSink {
         })
     }
 
+    /// Whether step outputs go out in transactions.
+    pub fn transactional(&self) -> bool {
+        self.side.is_some()
+    }
+
+    fn side(&self) -> &ThreadedProducer<DeliveryContext> {
+        self.side.as_ref().unwrap_or(&self.producer)
+    }
+
     fn send(&self, topic: &str, key: &[u8], payload: &[u8], headers: Option<OwnedHeaders>) {
         self.send_record(topic, Some(key), Some(payload), headers);
     }
 
-    /// Produces one record, waiting on backpressure (QueueFull) rather than
-    /// buffering without bound; any other error is counted as a failed
-    /// delivery, which fails the step's flush.
     fn send_record(
         &self,
         topic: &str,
@@ -400,7 +517,51 @@ impl OutputSink {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) {
+        self.produce(&self.producer, topic, None, key, payload, headers);
+    }
+
+    /// Sends a step's changelog records, each to the partition of its input
+    /// partition, with the step's next input offset as a header.
+    fn send_changelog(&self, log: &[ChangeRecord]) {
+        for r in log {
+            let next = r.input_next.to_string();
+            let h = OwnedHeaders::new().insert(Header {
+                key: INPUT_OFFSET_HEADER,
+                value: Some(next.as_bytes()),
+            });
+            self.produce(
+                &self.producer,
+                &self.changelog_topic,
+                Some(r.partition as i32),
+                Some(&r.key),
+                r.value.as_deref(),
+                Some(h),
+            );
+        }
+    }
+
+    /// Per changelog partition, one past the last offset delivered since
+    /// the last call.
+    fn take_changelog_positions(&self) -> BTreeMap<i32, i64> {
+        std::mem::take(&mut *lock(&self.producer.context().changelog_next))
+    }
+
+    /// Produces one record, waiting on backpressure (QueueFull) rather than
+    /// buffering without bound; any other error is counted as a failed
+    /// delivery, which fails the step's flush.
+    fn produce(
+        &self,
+        producer: &ThreadedProducer<DeliveryContext>,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) {
         let mut record = BaseRecord::<[u8], [u8], ()>::to(topic);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -411,18 +572,15 @@ impl OutputSink {
             record = record.headers(h);
         }
         loop {
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(10));
+                    producer.poll(Duration::from_millis(10));
                 }
                 Err((e, _)) => {
-                    self.producer
-                        .context()
-                        .failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    let mut first = lock(&self.producer.context().first_error);
+                    producer.context().failures.fetch_add(1, Ordering::Relaxed);
+                    let mut first = lock(&producer.context().first_error);
                     if first.is_none() {
                         *first = Some(format!("{topic}: {e}"));
                     }
@@ -445,7 +603,14 @@ impl OutputSink {
                 .map_or(0, |d| d.as_millis() as i64),
         };
         match serde_json::to_vec(&record) {
-            Ok(v) => self.send_record(topic, Some(http.as_bytes()), Some(&v), None),
+            Ok(v) => self.produce(
+                self.side(),
+                topic,
+                None,
+                Some(http.as_bytes()),
+                Some(&v),
+                None,
+            ),
             Err(e) => warn!(error = %e, "instance record"),
         }
     }
@@ -511,18 +676,22 @@ impl OutputSink {
 
     fn send_aggregates(&self, aggs: &[Aggregate], cells: &[CohortCell]) -> anyhow::Result<()> {
         for a in aggs {
-            self.send(
+            self.produce(
+                self.side(),
                 &self.aggregates_topic,
-                a.key().as_bytes(),
-                &serde_json::to_vec(a)?,
+                None,
+                Some(a.key().as_bytes()),
+                Some(&serde_json::to_vec(a)?),
                 None,
             );
         }
         for c in cells {
-            self.send(
+            self.produce(
+                self.side(),
                 &self.cohorts_topic,
-                c.key().as_bytes(),
-                &serde_json::to_vec(c)?,
+                None,
+                Some(c.key().as_bytes()),
+                Some(&serde_json::to_vec(c)?),
                 None,
             );
         }
@@ -548,14 +717,27 @@ impl OutputSink {
             .collect();
         self.send_outputs(out, &raw)?;
         self.send_aggregates(aggs, cells)?;
-        self.flush()
+        self.flush()?;
+        self.flush_side()
     }
 
     /// Waits until everything sent was acknowledged; fails if anything was not.
     fn flush(&self) -> anyhow::Result<()> {
-        let flushed = self.producer.flush(self.flush_timeout);
-        let failures = self.producer.context().failures.swap(0, Ordering::Relaxed);
-        let first = lock(&self.producer.context().first_error).take();
+        self.flush_producer(&self.producer)
+    }
+
+    /// [`OutputSink::flush`] of the merge stage's and directory's producer.
+    fn flush_side(&self) -> anyhow::Result<()> {
+        match &self.side {
+            Some(p) => self.flush_producer(p),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_producer(&self, producer: &ThreadedProducer<DeliveryContext>) -> anyhow::Result<()> {
+        let flushed = producer.flush(self.flush_timeout);
+        let failures = producer.context().failures.swap(0, Ordering::Relaxed);
+        let first = lock(&producer.context().first_error).take();
         if let Err(e) = flushed {
             bail!("output flush failed: {e}");
         }
@@ -588,6 +770,11 @@ struct Worker {
     /// steps, with the outputs delivered and the state not yet written
     /// (`SIKLUS_FAULT_ABORT_AFTER_STEPS`).
     abort_after_steps: Option<u64>,
+    /// Whether state changes go to the changelog.
+    changelog: bool,
+    /// Partitions assigned and paused until their restore from the
+    /// changelog ends (not yet in the engine).
+    restores: Option<Restores>,
 }
 
 impl Worker {
@@ -608,16 +795,36 @@ impl Worker {
             }
         }
         if self.out.is_empty() && self.engine.step_size() == 0 {
-            return self.commit_offsets(consumer);
+            return self.commit_offsets(consumer, CommitMode::Async);
         }
-        self.sink.send_outputs(&self.out, &self.raw)?;
-        if let Err(e) = self.sink.flush() {
-            // Nothing of the step is written: it is redone from the stored offsets.
-            self.out.clear();
-            self.raw.clear();
-            self.announced.clear();
-            self.engine.rollback()?;
+        let mut log = Vec::new();
+        let mut batch = match self
+            .engine
+            .prepare_commit(Batch::new(), self.changelog.then_some(&mut log))
+        {
+            Ok(b) => b,
+            Err(e) => {
+                self.discard_step()?;
+                return Err(anyhow!("preparing the step's state: {e}"));
+            }
+        };
+        let delivered = if self.sink.transactional() {
+            self.deliver_transaction(&log, consumer)
+        } else {
+            self.sink.send_outputs(&self.out, &self.raw).and_then(|()| {
+                self.sink.send_changelog(&log);
+                self.sink.flush()
+            })
+        };
+        if let Err(e) = delivered {
+            if !e.is::<FatalProducerError>() {
+                // Nothing of the step is written: it is redone from the stored offsets.
+                self.discard_step()?;
+            }
             return Err(e);
+        }
+        for (p, next) in self.sink.take_changelog_positions() {
+            batch.put_meta(p as u32, META_CHANGELOG_NEXT, &next.to_be_bytes());
         }
         self.metrics.count_transitions(&self.out.transitions);
         self.steps += 1;
@@ -630,20 +837,97 @@ impl Worker {
         }
         self.out.clear();
         self.raw.clear();
-        self.engine.commit()?;
-        self.commit_offsets(consumer)
+        self.engine.write_commit(batch)?;
+        if self.sink.transactional() {
+            // The offsets were committed in the transaction.
+            return Ok(());
+        }
+        self.commit_offsets(consumer, CommitMode::Async)
     }
 
-    fn commit_offsets(&self, consumer: &BaseConsumer<impl ConsumerContext>) -> anyhow::Result<()> {
+    /// Drops the step in progress: nothing of it is written, and it is
+    /// redone from the stored offsets.
+    fn discard_step(&mut self) -> anyhow::Result<()> {
+        self.out.clear();
+        self.raw.clear();
+        self.announced.clear();
+        self.sink.take_changelog_positions();
+        self.engine.rollback()?;
+        Ok(())
+    }
+
+    /// The next input offset of every assigned partition.
+    fn next_offsets(&self) -> anyhow::Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for p in self.engine.assigned() {
             if let Some(next) = self.engine.next_offset(p) {
                 tpl.add_partition_offset(&self.input_topic, p as i32, Offset::Offset(next))?;
             }
         }
+        Ok(tpl)
+    }
+
+    /// Sends the step's outputs, its changelog records and the input
+    /// offsets in one transaction. Retriable errors are retried; an error
+    /// that requires an abort aborts (the step is then redone); a fatal one
+    /// (fenced by a newer instance) is a [`FatalProducerError`].
+    fn deliver_transaction(
+        &self,
+        log: &[ChangeRecord],
+        consumer: &BaseConsumer<impl ConsumerContext>,
+    ) -> anyhow::Result<()> {
+        let producer = &self.sink.producer;
+        let timeout = Duration::from_secs(30);
+        txn_call("begin", || producer.begin_transaction())?;
+        let sent = self.sink.send_outputs(&self.out, &self.raw);
+        self.sink.send_changelog(log);
+        let offsets = self.next_offsets()?;
+        let result = sent.and_then(|()| {
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| anyhow!("no consumer group metadata for the transaction"))?;
+            if offsets.count() > 0 {
+                txn_call("send offsets", || {
+                    producer.send_offsets_to_transaction(&offsets, &group, timeout)
+                })?;
+            }
+            txn_call("commit", || producer.commit_transaction(timeout))
+        });
+        let failures = producer.context().failures.swap(0, Ordering::Relaxed);
+        let first = lock(&producer.context().first_error).take();
+        match result {
+            Ok(()) if failures == 0 => Ok(()),
+            Ok(()) => Err(anyhow!(
+                "{failures} records of a committed transaction failed (first error: {})",
+                first.unwrap_or_default()
+            )),
+            Err(e) if e.is::<FatalProducerError>() => Err(e),
+            Err(e) => {
+                if let Err(a) = producer.abort_transaction(timeout) {
+                    if a.rdkafka_error_code().is_some() && is_fatal(&a) {
+                        return Err(FatalProducerError(format!("abort: {a}")).into());
+                    }
+                    warn!(error = %a, "transaction abort failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits the next input offsets to the group.
+    fn commit_offsets(
+        &self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+        mode: CommitMode,
+    ) -> anyhow::Result<()> {
+        if self.sink.transactional() {
+            return Ok(());
+        }
+        let tpl = self.next_offsets()?;
         if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                // The store is the source of truth; the group offset is for lag monitoring.
+            if let Err(e) = consumer.commit(&tpl, mode) {
+                // The restore of a new owner reads only steps covered by the
+                // committed offset; a failed commit only means more steps to redo.
                 debug!(error = %e, "group offset commit failed");
             }
         }
@@ -722,7 +1006,21 @@ impl ConsumerContext for InputContext {
                     .filter(|e| e.topic() == self.topic)
                     .map(|e| e.partition())
                     .collect();
+                let mut paused = TopicPartitionList::new();
                 for p in parts {
+                    let stored = w.engine.store().offset(p as u32).ok().flatten();
+                    if let Some(restores) = w.restores.as_mut() {
+                        // Paused until its state caught up with the changelog.
+                        let off = start_offset(stored, self.rewind);
+                        restores.add(p as u32, off);
+                        if let Err(e) = tpl.set_partition_offset(&self.topic, p, off) {
+                            warn!(partition = p, error = %e, "cannot set start offset");
+                        }
+                        paused.add_partition(&self.topic, p);
+                        w.metrics.with_partition(p as u32, |f| f.assigned = true);
+                        info!(partition = p, "partition assigned; checking its changelog");
+                        continue;
+                    }
                     if let Err(e) = w.engine.assign(p as u32) {
                         warn!(partition = p, error = %e, "cannot load partition state");
                         self.failed.store(true, Ordering::SeqCst);
@@ -752,15 +1050,33 @@ impl ConsumerContext for InputContext {
                 if let Err(e) = r {
                     warn!(error = %e, "assign failed");
                 }
+                if paused.count() > 0 {
+                    if let Err(e) = consumer.pause(&paused) {
+                        warn!(error = %e, "cannot pause partitions for their restore");
+                    }
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut w = lock(&self.worker);
-                if let Err(e) = w.commit_step(consumer) {
-                    // The partitions go uncommitted; their new owner redoes the step.
-                    warn!(error = %e, "could not commit before revoke");
+                match w.commit_step(consumer) {
+                    Ok(()) => {
+                        // The new owner restores up to the committed offset:
+                        // commit it now, not in the background.
+                        let _ = w.commit_offsets(consumer, CommitMode::Sync);
+                    }
+                    Err(e) => {
+                        if e.is::<FatalProducerError>() {
+                            self.failed.store(true, Ordering::SeqCst);
+                        }
+                        // The partitions go uncommitted; their new owner redoes the step.
+                        warn!(error = %e, "could not commit before revoke");
+                    }
                 }
                 for e in tpl.elements() {
                     let p = e.partition() as u32;
+                    if let Some(r) = w.restores.as_mut() {
+                        r.remove(p);
+                    }
                     w.engine.revoke(p);
                     w.announced.remove(&p);
                     w.restoring.remove(&p);
@@ -917,7 +1233,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     let instances_topic = cfg.instances_topic();
     let mut published: Option<(Vec<u32>, bool, Instant)> = None;
     let mut decoder = input_decoder(cfg)?;
-    let sink = Arc::new(OutputSink::new(cfg)?);
+    let sink = Arc::new(OutputSink::for_run(cfg, &instance_id(&store)?)?);
     let engine = Engine::new(store.clone(), cfg.engine(true));
     let worker = Arc::new(Mutex::new(Worker {
         engine,
@@ -932,6 +1248,18 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         abort_after_steps: std::env::var("SIKLUS_FAULT_ABORT_AFTER_STEPS")
             .ok()
             .and_then(|v| v.parse().ok()),
+        changelog: cfg.processor.changelog,
+        restores: if cfg.processor.changelog {
+            Some(Restores::new(
+                client_config(cfg),
+                cfg.changelog_topic(),
+                cfg.topics.input.clone(),
+                cfg.processor.resume_rewind,
+                cfg.processing.guarantee == Guarantee::ExactlyOnce,
+            )?)
+        } else {
+            None
+        },
     }));
 
     let mut cc = client_config(cfg);
@@ -1024,6 +1352,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             info!("shutting down");
             break;
         }
+        drive_restores(&mut lock(&worker), &consumer, cfg)?;
         // One step: up to max_batch records.
         let mut n = 0usize;
         let mut timeout = Duration::from_millis(100);
@@ -1090,6 +1419,9 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             if n > 0 || last_commit.elapsed() >= commit_interval || ended {
                 let _step = (n > 0).then(|| tracing::info_span!("step", records = n).entered());
                 if let Err(e) = w.commit_step(&consumer) {
+                    if e.is::<FatalProducerError>() {
+                        return Err(e);
+                    }
                     warn!(error = %e, "step failed; redoing it from the stored offsets");
                     metrics.failed_steps.fetch_add(1, Ordering::Relaxed);
                     w.rewind(&consumer, cfg.processor.resume_rewind);
@@ -1172,8 +1504,15 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     metrics.set_counters(lock(&worker).engine.partition_counters());
     if let Some(http) = &advertised {
         // A tombstone: this instance owns nothing any more.
-        sink.send_record(&instances_topic, Some(http.as_bytes()), None, None);
-        if let Err(e) = sink.flush() {
+        sink.produce(
+            sink.side(),
+            &instances_topic,
+            None,
+            Some(http.as_bytes()),
+            None,
+            None,
+        );
+        if let Err(e) = sink.flush_producer(sink.side()) {
             warn!(error = %e, "could not withdraw this instance from the directory");
         }
     }
@@ -1182,6 +1521,80 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         let _ = h.join();
     }
     Ok(summary)
+}
+
+/// Advances the restores from the changelog; partitions whose restore ended
+/// join the engine and resume their input at the restored offset.
+fn drive_restores(
+    w: &mut Worker,
+    consumer: &BaseConsumer<InputContext>,
+    cfg: &Config,
+) -> anyhow::Result<()> {
+    let Some(mut restores) = w.restores.take() else {
+        return Ok(());
+    };
+    let result = if restores.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let store = w.engine.store().clone();
+        let config = w.engine.config().clone();
+        restores.step(&store, &config, consumer, &w.metrics)
+    };
+    w.restores = Some(restores);
+    for done in result? {
+        let p = done.partition;
+        w.engine
+            .assign(p)
+            .with_context(|| format!("loading the restored state of partition {p}"))?;
+        let next = w.engine.next_offset(p);
+        if next.is_none() {
+            // Nothing in the changelog either: rebuilt from the input.
+            w.restoring.insert(p, None);
+        }
+        let start = start_offset(next, cfg.processor.resume_rewind);
+        if start != done.input_start {
+            if let Err(e) =
+                consumer.seek(&cfg.topics.input, p as i32, start, Duration::from_secs(10))
+            {
+                warn!(partition = p, error = %e, "seek after the restore failed");
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&cfg.topics.input, p as i32);
+        consumer
+            .resume(&tpl)
+            .with_context(|| format!("resuming partition {p}"))?;
+        info!(
+            partition = p,
+            offset = ?start,
+            restored_records = done.records,
+            "partition assigned"
+        );
+    }
+    w.metrics
+        .assigned
+        .store(w.engine.assigned().len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A stable id of this instance (of its state directory), for its
+/// transactional id: created on first start and kept in the store.
+fn instance_id(store: &Store) -> anyhow::Result<String> {
+    const KEY: &str = "instance.id";
+    if let Some(v) = store.global(KEY)? {
+        return Ok(String::from_utf8_lossy(&v).into_owned());
+    }
+    let seed = format!(
+        "{:?}{}{:?}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        std::env::var("HOSTNAME")
+    );
+    let id = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(seed.as_bytes()));
+    let mut b = Batch::new();
+    b.put_global(KEY, id.as_bytes());
+    store.write(b)?;
+    Ok(id)
 }
 
 /// Decodes and applies one record. Returns false, without applying it,
@@ -1394,7 +1807,10 @@ fn merge_step(
         tracing::info_span!("merge", aggregates = aggs.len(), cohort_cells = cells.len()).entered()
     });
     sink.send_aggregates(&aggs, &cells)?;
-    sink.flush()?;
+    sink.flush_side()?;
+    if !sink.transactional() {
+        sink.flush()?;
+    }
     let mut b = Batch::new();
     b.put_global(
         MERGE_STATE,

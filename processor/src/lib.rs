@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod partitioner;
 pub mod replay;
+pub mod restore;
 pub mod rules;
 pub mod segment;
 pub mod snapshot;

@@ -1,0 +1,419 @@
+//! Restores of assigned partitions from the changelog, driven from the
+//! processing loop so that other partitions keep being processed (and the
+//! consumer keeps polling) while a partition is rebuilt.
+//!
+//! A partition assigned to this instance is paused on the input and handed
+//! here. When the changelog holds records beyond what the local store
+//! reflects, they are read and applied (whole committed steps only, see
+//! [`crate::changelog`]); then the partition joins the engine and its input
+//! resumes at the restored offset. Progress (records, records/s, ETA) is
+//! logged every few seconds and exported as metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use siklus_state::{Batch, Store};
+use tracing::{info, warn};
+
+use crate::changelog::{self, Restorer, INPUT_OFFSET_HEADER};
+use crate::engine::EngineConfig;
+use crate::metrics::Metrics;
+
+/// Records applied between two store writes of a restore.
+const RESTORE_BATCH: usize = 20_000;
+/// How long one call of [`Restores::step`] reads at most.
+const STEP_BUDGET: Duration = Duration::from_millis(200);
+/// A restore that makes no progress for this long ends with what it has
+/// (the rest of the partition is then processed from the input).
+const STALL: Duration = Duration::from_secs(15);
+/// Progress is logged this often per partition.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// A partition waiting for, or in, its restore.
+struct Pending {
+    /// Where the input was assigned (to seek if the restore moves it).
+    input_start: Offset,
+    run: Option<Run>,
+}
+
+/// A running restore.
+struct Run {
+    restorer: Restorer,
+    /// Input offset the group committed (steps beyond it are skipped).
+    committed: i64,
+    /// Changelog offset of the next record to apply.
+    position: i64,
+    /// The changelog's first offset (reads start no earlier).
+    low: i64,
+    /// Applied records already counted in the metrics.
+    reported: u64,
+    /// The changelog's end when the restore began.
+    end: i64,
+    first: i64,
+    started: Instant,
+    last_progress: Instant,
+    last_log: Instant,
+}
+
+/// A partition whose restore ended: its state is in the store.
+pub struct Restored {
+    /// The partition.
+    pub partition: u32,
+    /// Where its input was assigned before the restore.
+    pub input_start: Offset,
+    /// Changelog records applied (0 when the store was up to date).
+    pub records: u64,
+}
+
+/// The restores of this instance.
+pub struct Restores {
+    consumer: BaseConsumer,
+    topic: String,
+    input_topic: String,
+    rewind: i64,
+    /// Under exactly-once the restore consumer reads committed records
+    /// only, so no step needs the committed-offset filter.
+    exactly_once: bool,
+    parts: BTreeMap<u32, Pending>,
+}
+
+impl Restores {
+    /// A restore driver reading `topic` with a consumer of its own (no group).
+    pub fn new(
+        mut cc: ClientConfig,
+        topic: String,
+        input_topic: String,
+        rewind: i64,
+        exactly_once: bool,
+    ) -> anyhow::Result<Self> {
+        cc.set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("group.id", format!("{topic}.restore"));
+        let consumer: BaseConsumer = cc.create().context("creating the restore consumer")?;
+        Ok(Restores {
+            consumer,
+            topic,
+            input_topic,
+            rewind,
+            exactly_once,
+            parts: BTreeMap::new(),
+        })
+    }
+
+    /// Takes a newly assigned partition (its input paused at `input_start`).
+    pub fn add(&mut self, partition: u32, input_start: Offset) {
+        self.parts.insert(
+            partition,
+            Pending {
+                input_start,
+                run: None,
+            },
+        );
+    }
+
+    /// Drops a revoked partition; what was written of its restore stays.
+    pub fn remove(&mut self, partition: u32) -> bool {
+        let had = self.parts.remove(&partition);
+        if had.as_ref().is_some_and(|p| p.run.is_some()) {
+            self.reassign();
+        }
+        had.is_some()
+    }
+
+    /// Whether no partition is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Whether `partition` waits for its restore.
+    pub fn contains(&self, partition: u32) -> bool {
+        self.parts.contains_key(&partition)
+    }
+
+    fn reassign(&self) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, pending) in &self.parts {
+            if let Some(run) = &pending.run {
+                // Earlier than needed on brokers that cannot fetch from the
+                // middle of a batch; records before `position` are skipped.
+                let from = (run.position - self.rewind).max(run.low);
+                let _ = tpl.add_partition_offset(&self.topic, *p as i32, Offset::Offset(from));
+            }
+        }
+        if let Err(e) = self.consumer.assign(&tpl) {
+            warn!(error = %e, "restore consumer assignment failed");
+        }
+    }
+
+    /// Starts waiting restores, reads for a while, and returns the
+    /// partitions whose restore ended.
+    pub fn step<C: ConsumerContext>(
+        &mut self,
+        store: &Arc<Store>,
+        config: &EngineConfig,
+        group: &BaseConsumer<C>,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Vec<Restored>> {
+        let mut done = Vec::new();
+        let waiting: Vec<u32> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.run.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        let mut started = false;
+        for p in waiting {
+            match self.start(p, store, config, group)? {
+                Some(run) => {
+                    info!(
+                        partition = p,
+                        from = run.position,
+                        to = run.end,
+                        records = run.end - run.position,
+                        "restoring partition from the changelog"
+                    );
+                    metrics.with_partition(p, |f| {
+                        f.assigned = true;
+                        f.restore_remaining = (run.end - run.position).max(0) as u64;
+                    });
+                    if let Some(pending) = self.parts.get_mut(&p) {
+                        pending.run = Some(run);
+                    }
+                    started = true;
+                }
+                None => {
+                    if let Some(pending) = self.parts.remove(&p) {
+                        done.push(Restored {
+                            partition: p,
+                            input_start: pending.input_start,
+                            records: 0,
+                        });
+                    }
+                }
+            }
+        }
+        if started {
+            self.reassign();
+        }
+        if self.parts.values().all(|p| p.run.is_none()) {
+            return Ok(done);
+        }
+        self.read(metrics)?;
+        let finished: Vec<u32> = self
+            .parts
+            .iter()
+            .filter_map(|(p, pending)| {
+                let run = pending.run.as_ref()?;
+                (run.position >= run.end || run.last_progress.elapsed() >= STALL).then_some(*p)
+            })
+            .collect();
+        for p in &finished {
+            let Some(pending) = self.parts.remove(p) else {
+                continue;
+            };
+            let Some(mut run) = pending.run else { continue };
+            if run.position < run.end {
+                warn!(
+                    partition = p,
+                    position = run.position,
+                    end = run.end,
+                    "changelog restore stalled; the rest is processed from the input"
+                );
+            }
+            run.restorer.flush()?;
+            let secs = run.started.elapsed().as_secs_f64();
+            let read = (run.position - run.first).max(0) as f64;
+            info!(
+                partition = p,
+                records = run.restorer.applied,
+                skipped_uncommitted = run.restorer.skipped,
+                secs = format!("{secs:.2}"),
+                records_per_sec = (read / secs.max(1e-3)) as u64,
+                "partition restored from the changelog"
+            );
+            metrics.with_partition(*p, |f| {
+                f.restores += 1;
+                f.restore_remaining = 0;
+                f.restore_rate = 0;
+                f.restore_eta_secs = 0;
+            });
+            done.push(Restored {
+                partition: *p,
+                input_start: pending.input_start,
+                records: run.restorer.applied,
+            });
+        }
+        if !finished.is_empty() {
+            self.reassign();
+        }
+        Ok(done)
+    }
+
+    /// Decides whether `p` needs a restore, and from where.
+    fn start<C: ConsumerContext>(
+        &self,
+        p: u32,
+        store: &Arc<Store>,
+        config: &EngineConfig,
+        group: &BaseConsumer<C>,
+    ) -> anyhow::Result<Option<Run>> {
+        let timeout = Duration::from_secs(10);
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, p as i32, timeout)
+            .with_context(|| format!("changelog watermarks of partition {p}"))?;
+        let mut local = changelog::stored_position(store, p)?;
+        if high <= local {
+            return Ok(None);
+        }
+        let committed = if self.exactly_once {
+            i64::MAX
+        } else {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.input_topic, p as i32);
+            let c = group
+                .committed_offsets(tpl, timeout)
+                .with_context(|| format!("committed offset of partition {p}"))?;
+            match c
+                .find_partition(&self.input_topic, p as i32)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(n)) => n,
+                _ => 0,
+            }
+        };
+        let local_offset = store.offset(p)?;
+        if local_offset.is_some_and(|o| o > committed) && local > 0 {
+            // This store got ahead of what the group committed, and another
+            // instance has written to the changelog since: its state and the
+            // changelog's follow different step boundaries. Start over.
+            warn!(
+                partition = p,
+                local_offset, committed, "local state ahead of the group's committed offset: rebuilding it from the changelog"
+            );
+            let mut b = Batch::new();
+            b.drop_partition(p);
+            store.write(b)?;
+            local = 0;
+        }
+        let fresh = local == 0 && store.offset(p)?.is_none();
+        let position = local.max(low);
+        let now = Instant::now();
+        Ok(Some(Run {
+            restorer: Restorer::new(store.clone(), config.clone(), p, fresh),
+            committed,
+            position,
+            low,
+            reported: 0,
+            end: high,
+            first: position,
+            started: now,
+            last_progress: now,
+            last_log: now,
+        }))
+    }
+
+    /// Reads changelog records for up to [`STEP_BUDGET`].
+    fn read(&mut self, metrics: &Metrics) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STEP_BUDGET;
+        let mut timeout = Duration::from_millis(50);
+        while Instant::now() < deadline {
+            let Some(msg) = self.consumer.poll(timeout) else {
+                break;
+            };
+            timeout = Duration::ZERO;
+            let m = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "changelog read error");
+                    break;
+                }
+            };
+            let p = m.partition() as u32;
+            let Some(run) = self.parts.get_mut(&p).and_then(|x| x.run.as_mut()) else {
+                continue;
+            };
+            if m.offset() < run.position {
+                continue;
+            }
+            let input_next = m
+                .headers()
+                .and_then(|hs| {
+                    hs.iter()
+                        .find(|h| h.key == INPUT_OFFSET_HEADER)
+                        .and_then(|h| changelog::parse_input_next(h.value))
+                })
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "changelog partition {p} offset {} has no {INPUT_OFFSET_HEADER} header",
+                        m.offset()
+                    )
+                })?;
+            let key = m.key().unwrap_or_default();
+            run.restorer
+                .apply(m.offset(), key, m.payload(), input_next, run.committed)?;
+            run.position = m.offset() + 1;
+            run.last_progress = Instant::now();
+            if run.restorer.at_boundary() && run.restorer.buffered() >= RESTORE_BATCH {
+                run.restorer.flush()?;
+            }
+        }
+        // Transaction markers and compacted-away records take offsets no
+        // record is returned for: the consumer position is the truth.
+        if let Ok(pos) = self.consumer.position() {
+            for e in pos.elements() {
+                if let (Offset::Offset(o), Some(run)) = (
+                    e.offset(),
+                    self.parts
+                        .get_mut(&(e.partition() as u32))
+                        .and_then(|x| x.run.as_mut()),
+                ) {
+                    if o > run.position && run.restorer.at_boundary() {
+                        run.position = o;
+                        run.last_progress = Instant::now();
+                    }
+                }
+            }
+        }
+        for (p, pending) in &mut self.parts {
+            let Some(run) = pending.run.as_mut() else {
+                continue;
+            };
+            let secs = run.started.elapsed().as_secs_f64().max(1e-3);
+            let read = (run.position - run.first).max(0) as f64;
+            let rate = read / secs;
+            let remaining = (run.end - run.position).max(0);
+            let eta = if rate > 0.0 {
+                (remaining as f64 / rate) as u64
+            } else {
+                0
+            };
+            metrics.with_partition(*p, |f| {
+                f.restore_remaining = remaining as u64;
+                f.restore_rate = rate as u64;
+                f.restore_eta_secs = eta;
+                f.restored_records += run.restorer.applied - run.reported;
+            });
+            run.reported = run.restorer.applied;
+            if run.last_log.elapsed() >= PROGRESS_EVERY {
+                run.last_log = Instant::now();
+                info!(
+                    partition = p,
+                    restored = run.restorer.applied,
+                    remaining,
+                    records_per_sec = rate as u64,
+                    eta_secs = eta,
+                    "restore progress"
+                );
+            }
+        }
+        Ok(())
+    }
+}
