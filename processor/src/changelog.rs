@@ -7,7 +7,7 @@
 //! | key | value | store write on restore |
 //! |-----|-------|------------------------|
 //! | `P` customer | profile value, or a tombstone (erased, expired) | profile and its timer |
-//! | `E` customer, event hash (u64 BE) | empty, or a tombstone (erased) | seen table entry |
+//! | `E` customer, event hash (u64 BE) | `[1]`, or a tombstone (erased) | seen table entry |
 //! | `M` name | partition metadata (clock, aggregator) | metadata |
 //! | `O` | next input offset (i64 BE) | input offset |
 //!

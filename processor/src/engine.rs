@@ -980,7 +980,8 @@ impl Engine {
                 // After the range delete of an erasure, so ids spilled since stay.
                 for h in &entry.spill {
                     batch.mark_seen(partition, &customer, *h);
-                    record(changelog::seen_key(&customer, *h), Some(Vec::new()));
+                    // Not empty: consumers read an empty value as a tombstone.
+                    record(changelog::seen_key(&customer, *h), Some(vec![1]));
                 }
                 if entry.changed {
                     match &entry.profile {
