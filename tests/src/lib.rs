@@ -1,15 +1,17 @@
 //! Harness of the end-to-end tests: a real tansu broker per test on a free
 //! loopback port, unique topic and group names, topic helpers, and the
-//! `siklus` binary as a child process.
+//! `siklus` binary as a child process. [`MockBroker`] is librdkafka's mock
+//! cluster in a process of its own, for tests that need transactions.
 //!
 //! A missing broker binary is a failure, never a skip.
 
 pub mod registry;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +19,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -166,31 +168,7 @@ impl Broker {
         partition: Option<i32>,
         records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, Option<i64>)>,
     ) {
-        let p: ThreadedProducer<DefaultProducerContext> = self
-            .client()
-            .set("linger.ms", "5")
-            .set("enable.idempotence", "true")
-            .create()
-            .expect("producer");
-        for (k, v, ts) in records {
-            let mut rec = BaseRecord::<[u8], [u8]>::to(topic).key(&k).payload(&v);
-            if let Some(p) = partition {
-                rec = rec.partition(p);
-            }
-            if let Some(ts) = ts {
-                rec = rec.timestamp(ts);
-            }
-            loop {
-                match p.send(rec) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        rec = r;
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-            }
-        }
-        p.flush(Duration::from_secs(60)).expect("flush");
+        produce_records(self.client(), topic, partition, records)
     }
 
     /// Reads every record of a topic up to its current end.
@@ -234,25 +212,7 @@ impl Broker {
                 let m = m.expect("message");
                 last = Instant::now();
                 pos.insert(m.partition(), m.offset() + 1);
-                out.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        h.value.map(|v| String::from_utf8_lossy(v).into_owned()),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
+                out.push(Record::of(&m));
             }
         }
         out
@@ -282,12 +242,273 @@ pub struct Record {
 }
 
 impl Record {
+    fn of(m: &BorrowedMessage<'_>) -> Record {
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                h.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     /// A header's value.
     pub fn header(&self, key: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == key)
             .and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// Produces records with an idempotent producer and waits for their
+/// acknowledgement; `partition: None` partitions by key.
+fn produce_records(
+    mut client: ClientConfig,
+    topic: &str,
+    partition: Option<i32>,
+    records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, Option<i64>)>,
+) {
+    let p: ThreadedProducer<DefaultProducerContext> = client
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for (k, v, ts) in records {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic).key(&k).payload(&v);
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
+        if let Some(ts) = ts {
+            rec = rec.timestamp(ts);
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// A running `mock-broker` (librdkafka's mock cluster in a process of its
+/// own), killed on drop. It has transactions, which tansu lacks, but see
+/// `tests/tests/mock_broker.rs` for what its transactions do not do.
+pub struct MockBroker {
+    child: Child,
+    /// The bootstrap servers, `127.0.0.1:PORT,127.0.0.1:PORT,...`.
+    pub addr: String,
+    /// The command channel: stdin and stdout of the child. Closing stdin
+    /// also stops the broker, should the test process die without `Drop`.
+    control: std::sync::Mutex<(ChildStdin, BufReader<ChildStdout>)>,
+}
+
+/// The `mock-broker` binary built with this workspace.
+pub fn mock_broker_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MOCK_BROKER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/mock-broker
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("mock-broker");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the siklus-e2e binaries (cargo test -p siklus-e2e builds it)",
+        bin.display()
+    );
+    bin
+}
+
+impl MockBroker {
+    /// Starts a 3-broker mock cluster and waits for its bootstrap servers.
+    pub fn start() -> MockBroker {
+        let mut child = Command::new(mock_broker_bin())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", mock_broker_bin().display()));
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        // Read the first line on a thread, so a hung child fails the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let r = stdout.read_line(&mut line);
+            let _ = tx.send((r, line, stdout));
+        });
+        let (line, stdout) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok((Ok(n), line, stdout)) if n > 0 => (line, stdout),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mock-broker did not print its bootstrap servers: {other:?}");
+            }
+        };
+        let addr = line
+            .trim_end()
+            .strip_prefix("BOOTSTRAP=")
+            .unwrap_or_else(|| panic!("unexpected first line of mock-broker: {line:?}"))
+            .to_string();
+        MockBroker {
+            child,
+            addr,
+            control: std::sync::Mutex::new((stdin, stdout)),
+        }
+    }
+
+    /// A client config pointing at this broker.
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.addr);
+        c
+    }
+
+    /// Creates a topic. The mock has no CreateTopics request, so this goes
+    /// through the broker process's command channel; it has no topic
+    /// configs either (no `cleanup.policy=compact`).
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        {
+            let mut control = self.control.lock().expect("control");
+            let (stdin, stdout) = &mut *control;
+            writeln!(stdin, "create {name} {partitions}")
+                .and_then(|()| stdin.flush())
+                .expect("write to mock-broker");
+            let mut reply = String::new();
+            stdout.read_line(&mut reply).expect("read from mock-broker");
+            assert_eq!(reply.trim_end(), "OK", "create topic {name}");
+        }
+        let c: BaseConsumer = self.client().create().expect("client");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let md = c
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .expect("metadata");
+            if md
+                .topics()
+                .first()
+                .is_some_and(|t| t.partitions().len() == partitions as usize)
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "topic {name} did not appear");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Produces records (key, value) and waits for their acknowledgement.
+    pub fn produce(&self, topic: &str, records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) {
+        self.produce_to(topic, None, records)
+    }
+
+    /// Produces records to one partition (or by key when `None`).
+    pub fn produce_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) {
+        self.produce_timed(
+            topic,
+            partition,
+            records.into_iter().map(|(k, v)| (k, v, None)),
+        )
+    }
+
+    /// Produces records with explicit timestamps (epoch ms) where given.
+    pub fn produce_timed(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, Option<i64>)>,
+    ) {
+        produce_records(self.client(), topic, partition, records)
+    }
+
+    /// Reads every record of a topic up to its current end
+    /// (`isolation.level=read_uncommitted`).
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        self.read_with(topic, "read_uncommitted")
+    }
+
+    /// Reads every committed record of a topic up to its last stable offset
+    /// (`isolation.level=read_committed`). On the mock this is the same as
+    /// [`MockBroker::read_all`]: it reports the high watermark as the last
+    /// stable offset and no aborted transactions.
+    pub fn read_all_committed(&self, topic: &str) -> Vec<Record> {
+        self.read_with(topic, "read_committed")
+    }
+
+    fn read_with(&self, topic: &str, isolation: &str) -> Vec<Record> {
+        let c: BaseConsumer = self
+            .client()
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
+            .create()
+            .expect("consumer");
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in 0..parts {
+            // Under read_committed this is the last stable offset.
+            let (_, end) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            ends.insert(p, end);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("tpl");
+        }
+        c.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // The position, not the last record: it also moves past
+            // transaction markers and aborted records.
+            let pos = c.position().expect("position");
+            let behind = ends.iter().any(|(p, end)| {
+                let at = match pos.find_partition(topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+                at < *end
+            });
+            if !behind {
+                break;
+            }
+            assert!(Instant::now() < deadline, "timed out reading {topic}");
+            if let Some(m) = c.poll(Duration::from_millis(100)) {
+                out.push(Record::of(&m.expect("message")));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for MockBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
