@@ -289,7 +289,28 @@ def main():
                 # or end detection).
                 raw_span = float(raw["secs"])
                 s_span = json.loads(sout).get("processing_secs") or sw
-                log(f"siklus run: {sw:.1f}s ({s_span:.1f}s processing); Quix Streams peer")
+                log(f"siklus run: {sw:.1f}s ({s_span:.1f}s processing); restore from the changelog")
+                # A second instance of the same group with no local state:
+                # it restores every partition from the changelog that the
+                # run above wrote, and finds no input left to process.
+                rcfg = os.path.join(work, "siklus-restore.toml")
+                with open(cfg) as f:
+                    text = f.read()
+                with open(rcfg, "w") as f:
+                    f.write(text.replace(f"{work}/live-state", f"{work}/restore-state"))
+                _, rcpu, rrss, rout = measure([siklus, "--config", rcfg, "run", "--stop-at-end"], env=env)
+                rs = json.loads(rout)
+                rrec, rsecs = rs.get("restored_records", 0), rs.get("restore_secs") or 0.0
+                if rrec <= 0 or rsecs <= 0:
+                    raise SystemExit(f"the restore run restored nothing: {rs}")
+                t.add("restore", "restore from the changelog", fmt_rate(rrec / rsecs, "records/s"), "",
+                      f"{rrss:,.0f} MiB",
+                      f"the state of {n:,} events back in {rsecs:.1f}s: {s_span / rsecs:.1f}x faster than "
+                      f"processing them again",
+                      f"{rrec:,} changelog records, 4 partitions restored at once by a new instance",
+                      records=rrec, secs=rsecs, cpu=rcpu, rss=rrss, rate=rrec / rsecs,
+                      vs_processing=s_span / rsecs)
+                log("Quix Streams peer")
                 qw, qc, qrss, qout = measure([sys.executable, os.path.join(SCRIPTS, "quix_peer.py"), "run",
                                               "--broker", bootstrap, "--topic", "bench.events",
                                               "--output-topic", "quix.transitions", "--group", "bench-quix",

@@ -173,6 +173,10 @@ pub struct Processor {
     /// event time (through the changelog too; 0, the default, keeps
     /// profiles for ever). A later event of the customer starts a new profile.
     pub expire_churned_after_days: u32,
+    /// Keep a warm copy of every partition this instance does not own, by
+    /// following its changelog, so that a failover restores only the last
+    /// few steps (default false; costs the disk and CPU of the whole state).
+    pub standby_replicas: bool,
 }
 
 impl Default for Processor {
@@ -200,6 +204,7 @@ impl Default for Processor {
             max_write_buffers: 2,
             changelog: true,
             expire_churned_after_days: 0,
+            standby_replicas: false,
         }
     }
 }

@@ -152,6 +152,11 @@ pub struct RunSummary {
     /// the commit of the step that applied the last record before the input's
     /// end (the processing span, without the group join and end detection).
     pub processing_secs: Option<f64>,
+    /// Changelog records applied by restores of this run.
+    pub restored_records: u64,
+    /// Seconds from the first restore's start until no restore was left
+    /// (restores of several partitions overlap).
+    pub restore_secs: Option<f64>,
 }
 
 /// The input decoder the configuration asks for: schema files by id, or the
@@ -775,6 +780,12 @@ struct Worker {
     /// Partitions assigned and paused until their restore from the
     /// changelog ends (not yet in the engine).
     restores: Option<Restores>,
+    /// Changelog records applied by restores so far.
+    restored_records: u64,
+    /// When the restores running now began.
+    restore_began: Option<Instant>,
+    /// Seconds the restores of this run took (first start to last end).
+    restore_secs: f64,
 }
 
 impl Worker {
@@ -1256,10 +1267,14 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                 cfg.topics.input.clone(),
                 cfg.processor.resume_rewind,
                 cfg.processing.guarantee == Guarantee::ExactlyOnce,
+                cfg.processor.standby_replicas.then_some(partitions as u32),
             )?)
         } else {
             None
         },
+        restored_records: 0,
+        restore_began: None,
+        restore_secs: 0.0,
     }));
 
     let mut cc = client_config(cfg);
@@ -1352,10 +1367,19 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             info!("shutting down");
             break;
         }
-        drive_restores(&mut lock(&worker), &consumer, cfg)?;
-        // One step: up to max_batch records.
+        let restoring = {
+            let mut w = lock(&worker);
+            drive_restores(&mut w, &consumer, cfg)?;
+            w.restores.as_ref().is_some_and(|r| !r.is_empty())
+        };
+        // One step: up to max_batch records (no waiting for input while a
+        // restore has work to do).
         let mut n = 0usize;
-        let mut timeout = Duration::from_millis(100);
+        let mut timeout = if restoring {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
         while n < cfg.processor.max_batch {
             let Some(msg) = consumer.poll(timeout) else {
                 break;
@@ -1452,6 +1476,8 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                 }
             }
             summary.counters = w.engine.counters();
+            summary.restored_records = w.restored_records;
+            summary.restore_secs = (w.restore_secs > 0.0).then_some(w.restore_secs);
         }
         if consumer.context().failed.load(Ordering::SeqCst) {
             bail!("a partition's state could not be loaded");
@@ -1533,15 +1559,25 @@ fn drive_restores(
     let Some(mut restores) = w.restores.take() else {
         return Ok(());
     };
-    let result = if restores.is_empty() {
+    let result = if restores.is_empty() && !restores.following() {
         Ok(Vec::new())
     } else {
+        if !restores.is_empty() {
+            w.restore_began.get_or_insert_with(Instant::now);
+        }
         let store = w.engine.store().clone();
         let config = w.engine.config().clone();
-        restores.step(&store, &config, consumer, &w.metrics)
+        let owned = w.engine.assigned();
+        restores.step(&store, &config, consumer, &w.metrics, &owned)
     };
+    if restores.is_empty() {
+        if let Some(began) = w.restore_began.take() {
+            w.restore_secs += began.elapsed().as_secs_f64();
+        }
+    }
     w.restores = Some(restores);
     for done in result? {
+        w.restored_records += done.records;
         let p = done.partition;
         w.engine
             .assign(p)

@@ -9,7 +9,7 @@
 //! resumes at the restored offset. Progress (records, records/s, ETA) is
 //! logged every few seconds and exported as metrics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,34 @@ const STEP_BUDGET: Duration = Duration::from_millis(200);
 const STALL: Duration = Duration::from_secs(15);
 /// Progress is logged this often per partition.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often a standby learns the owner's committed offsets.
+const STANDBY_REFRESH: Duration = Duration::from_secs(2);
+/// How often a standby writes the steps it applied.
+const STANDBY_FLUSH: Duration = Duration::from_secs(2);
+
+impl Follow {
+    /// Applies the held records whose step the owner committed.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        while let Some(h) = self.held.front() {
+            if h.input_next > self.run.committed {
+                break;
+            }
+            let h = self.held.pop_front().expect("front");
+            self.run.restorer.apply(
+                h.offset,
+                &h.key,
+                h.value.as_deref(),
+                h.input_next,
+                i64::MAX,
+            )?;
+            if self.run.restorer.at_boundary() && self.run.restorer.buffered() >= RESTORE_BATCH {
+                self.run.restorer.flush()?;
+                self.last_flush = Instant::now();
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A partition waiting for, or in, its restore.
 struct Pending {
@@ -61,6 +89,30 @@ struct Run {
     last_log: Instant,
 }
 
+/// A changelog record a standby holds until the owner commits its step.
+struct Held {
+    offset: i64,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    input_next: i64,
+}
+
+/// A partition followed as a warm standby: its changelog is applied as the
+/// owner commits, so a failover here restores only the last few steps.
+struct Follow {
+    run: Run,
+    /// Records received whose step the owner has not committed yet, in order.
+    held: VecDeque<Held>,
+    last_flush: Instant,
+}
+
+/// The warm standbys of this instance.
+struct Standby {
+    partitions: u32,
+    follows: BTreeMap<u32, Follow>,
+    last_refresh: Instant,
+}
+
 /// A partition whose restore ended: its state is in the store.
 pub struct Restored {
     /// The partition.
@@ -81,16 +133,20 @@ pub struct Restores {
     /// only, so no step needs the committed-offset filter.
     exactly_once: bool,
     parts: BTreeMap<u32, Pending>,
+    standby: Option<Standby>,
 }
 
 impl Restores {
     /// A restore driver reading `topic` with a consumer of its own (no group).
+    /// With `standby_of` (the input's partition count), every partition this
+    /// instance neither owns nor restores is followed as a warm standby.
     pub fn new(
         mut cc: ClientConfig,
         topic: String,
         input_topic: String,
         rewind: i64,
         exactly_once: bool,
+        standby_of: Option<u32>,
     ) -> anyhow::Result<Self> {
         cc.set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -104,11 +160,32 @@ impl Restores {
             rewind,
             exactly_once,
             parts: BTreeMap::new(),
+            standby: standby_of.map(|partitions| Standby {
+                partitions,
+                follows: BTreeMap::new(),
+                last_refresh: Instant::now(),
+            }),
         })
     }
 
     /// Takes a newly assigned partition (its input paused at `input_start`).
     pub fn add(&mut self, partition: u32, input_start: Offset) {
+        if let Some(mut f) = self
+            .standby
+            .as_mut()
+            .and_then(|s| s.follows.remove(&partition))
+        {
+            // The standby's complete steps are kept; the restore goes on
+            // from there with the committed-offset check.
+            match f.run.restorer.flush() {
+                Ok(_) => info!(
+                    partition,
+                    applied = f.run.restorer.applied,
+                    "standby partition assigned"
+                ),
+                Err(e) => warn!(partition, error = %e, "standby state not written"),
+            }
+        }
         self.parts.insert(
             partition,
             Pending {
@@ -132,6 +209,12 @@ impl Restores {
         self.parts.is_empty()
     }
 
+    /// Whether partitions are followed as standbys (the driver must call
+    /// [`Restores::step`] even when no restore waits).
+    pub fn following(&self) -> bool {
+        self.standby.is_some()
+    }
+
     /// Whether `partition` waits for its restore.
     pub fn contains(&self, partition: u32) -> bool {
         self.parts.contains_key(&partition)
@@ -139,13 +222,17 @@ impl Restores {
 
     fn reassign(&self) {
         let mut tpl = TopicPartitionList::new();
-        for (p, pending) in &self.parts {
-            if let Some(run) = &pending.run {
-                // Earlier than needed on brokers that cannot fetch from the
-                // middle of a batch; records before `position` are skipped.
-                let from = (run.position - self.rewind).max(run.low);
-                let _ = tpl.add_partition_offset(&self.topic, *p as i32, Offset::Offset(from));
-            }
+        let follows = self.standby.iter().flat_map(|s| s.follows.iter());
+        let runs = self
+            .parts
+            .iter()
+            .filter_map(|(p, pending)| pending.run.as_ref().map(|r| (p, r)))
+            .chain(follows.map(|(p, f)| (p, &f.run)));
+        for (p, run) in runs {
+            // Earlier than needed on brokers that cannot fetch from the
+            // middle of a batch; records before `position` are skipped.
+            let from = (run.position - self.rewind).max(run.low);
+            let _ = tpl.add_partition_offset(&self.topic, *p as i32, Offset::Offset(from));
         }
         if let Err(e) = self.consumer.assign(&tpl) {
             warn!(error = %e, "restore consumer assignment failed");
@@ -154,14 +241,17 @@ impl Restores {
 
     /// Starts waiting restores, reads for a while, and returns the
     /// partitions whose restore ended.
+    /// `owned`: the partitions in the engine (not followed as standbys).
     pub fn step<C: ConsumerContext>(
         &mut self,
         store: &Arc<Store>,
         config: &EngineConfig,
         group: &BaseConsumer<C>,
         metrics: &Metrics,
+        owned: &[u32],
     ) -> anyhow::Result<Vec<Restored>> {
         let mut done = Vec::new();
+        let mut changed = self.update_standby(store, config, group, owned)?;
         let waiting: Vec<u32> = self
             .parts
             .iter()
@@ -171,7 +261,7 @@ impl Restores {
         let mut started = false;
         for p in waiting {
             match self.start(p, store, config, group)? {
-                Some(run) => {
+                Some(run) if run.position < run.end => {
                     info!(
                         partition = p,
                         from = run.position,
@@ -188,7 +278,7 @@ impl Restores {
                     }
                     started = true;
                 }
-                None => {
+                _ => {
                     if let Some(pending) = self.parts.remove(&p) {
                         done.push(Restored {
                             partition: p,
@@ -199,10 +289,12 @@ impl Restores {
                 }
             }
         }
-        if started {
+        if started || changed {
             self.reassign();
+            changed = false;
         }
-        if self.parts.values().all(|p| p.run.is_none()) {
+        let following = self.standby.as_ref().is_some_and(|s| !s.follows.is_empty());
+        if self.parts.values().all(|p| p.run.is_none()) && !following {
             return Ok(done);
         }
         self.read(metrics)?;
@@ -250,10 +342,110 @@ impl Restores {
                 records: run.restorer.applied,
             });
         }
-        if !finished.is_empty() {
+        if !finished.is_empty() || changed {
             self.reassign();
         }
         Ok(done)
+    }
+
+    /// Starts and stops standbys so that they cover every partition neither
+    /// owned nor restored here, and refreshes the committed offsets they
+    /// apply up to. Returns whether the followed set changed.
+    fn update_standby<C: ConsumerContext>(
+        &mut self,
+        store: &Arc<Store>,
+        config: &EngineConfig,
+        group: &BaseConsumer<C>,
+        owned: &[u32],
+    ) -> anyhow::Result<bool> {
+        let Some(partitions) = self.standby.as_ref().map(|s| s.partitions) else {
+            return Ok(false);
+        };
+        let wanted: Vec<u32> = (0..partitions)
+            .filter(|p| !owned.contains(p) && !self.parts.contains_key(p))
+            .collect();
+        let mut changed = false;
+        let dropped: Vec<u32> = self
+            .standby
+            .iter()
+            .flat_map(|s| s.follows.keys())
+            .filter(|p| !wanted.contains(p))
+            .copied()
+            .collect();
+        for p in dropped {
+            if let Some(mut f) = self.standby.as_mut().and_then(|s| s.follows.remove(&p)) {
+                f.run.restorer.flush()?;
+                changed = true;
+            }
+        }
+        for p in wanted {
+            if self
+                .standby
+                .as_ref()
+                .is_some_and(|s| s.follows.contains_key(&p))
+            {
+                continue;
+            }
+            if let Some(run) = self.start(p, store, config, group)? {
+                info!(
+                    partition = p,
+                    from = run.position,
+                    "following partition as a standby"
+                );
+                if let Some(s) = self.standby.as_mut() {
+                    s.follows.insert(
+                        p,
+                        Follow {
+                            run,
+                            held: VecDeque::new(),
+                            last_flush: Instant::now(),
+                        },
+                    );
+                }
+                changed = true;
+            }
+        }
+        let refresh = self
+            .standby
+            .as_ref()
+            .is_some_and(|s| !s.follows.is_empty() && s.last_refresh.elapsed() >= STANDBY_REFRESH);
+        if refresh {
+            let mut tpl = TopicPartitionList::new();
+            for p in self.standby.iter().flat_map(|s| s.follows.keys()) {
+                tpl.add_partition(&self.input_topic, *p as i32);
+            }
+            let committed = if self.exactly_once {
+                None
+            } else {
+                group.committed_offsets(tpl, Duration::from_secs(5)).ok()
+            };
+            if let Some(s) = self.standby.as_mut() {
+                s.last_refresh = Instant::now();
+                for (p, f) in &mut s.follows {
+                    f.run.committed = match &committed {
+                        None => i64::MAX,
+                        Some(c) => match c
+                            .find_partition(&self.input_topic, *p as i32)
+                            .map(|e| e.offset())
+                        {
+                            Some(Offset::Offset(n)) => n,
+                            _ => f.run.committed,
+                        },
+                    };
+                }
+            }
+        }
+        // Apply what the owner committed meanwhile, and write it now and then.
+        if let Some(s) = self.standby.as_mut() {
+            for f in s.follows.values_mut() {
+                f.drain()?;
+                if f.run.restorer.at_boundary() && f.last_flush.elapsed() >= STANDBY_FLUSH {
+                    f.run.restorer.flush()?;
+                    f.last_flush = Instant::now();
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// Decides whether `p` needs a restore, and from where.
@@ -337,6 +529,28 @@ impl Restores {
                 }
             };
             let p = m.partition() as u32;
+            if let Some(f) = self.standby.as_mut().and_then(|s| s.follows.get_mut(&p)) {
+                if m.offset() < f.run.position {
+                    continue;
+                }
+                let input_next = m
+                    .headers()
+                    .and_then(|hs| {
+                        hs.iter()
+                            .find(|h| h.key == INPUT_OFFSET_HEADER)
+                            .and_then(|h| changelog::parse_input_next(h.value))
+                    })
+                    .unwrap_or(i64::MAX);
+                f.held.push_back(Held {
+                    offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    input_next,
+                });
+                f.run.position = m.offset() + 1;
+                f.drain()?;
+                continue;
+            }
             let Some(run) = self.parts.get_mut(&p).and_then(|x| x.run.as_mut()) else {
                 continue;
             };
