@@ -1019,6 +1019,11 @@ impl ConsumerContext for InputContext {
                     .collect();
                 let mut paused = TopicPartitionList::new();
                 for p in parts {
+                    if w.engine.assigned().contains(&(p as u32)) {
+                        // Assigned again without a revoke in between (after a
+                        // rebalance error): what the engine holds may be stale.
+                        w.engine.revoke(p as u32);
+                    }
                     let stored = w.engine.store().offset(p as u32).ok().flatten();
                     if let Some(restores) = w.restores.as_mut() {
                         // Paused until its state caught up with the changelog.
@@ -1112,6 +1117,21 @@ impl ConsumerContext for InputContext {
             }
             other => {
                 warn!(error = ?other, "rebalance error");
+                // Nothing is owned any more: keep what is committed, drop the rest.
+                let mut w = lock(&self.worker);
+                if let Err(e) = w.commit_step(consumer) {
+                    warn!(error = %e, "could not commit after a rebalance error");
+                }
+                for p in w.engine.assigned() {
+                    w.engine.revoke(p);
+                    w.announced.remove(&p);
+                    w.restoring.remove(&p);
+                }
+                if let Some(r) = w.restores.as_mut() {
+                    r.clear();
+                }
+                w.metrics.assigned.store(0, Ordering::Relaxed);
+                drop(w);
                 let _ = consumer.unassign();
             }
         }

@@ -211,6 +211,16 @@ enum StateCommand {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Bring a state dir up to date with the group's changelog, without
+    /// joining the group: applies the committed steps it lacks.
+    Restore {
+        /// State directory (default: processor.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Partitions to restore (default: all).
+        #[arg(long, value_delimiter = ',')]
+        partitions: Option<Vec<u32>>,
+    },
     /// Load a snapshot into a state dir, replacing the partitions it holds.
     /// `siklus run` then continues each partition from the snapshot's offsets.
     Import {
@@ -484,7 +494,18 @@ fn execute(cli: Cli, telemetry: &Telemetry) -> anyhow::Result<()> {
                 siklus_state::Store::open(&dir, &cfg.store_options())
                     .with_context(|| format!("opening {}", dir.display()))
             };
+            if let StateCommand::Restore {
+                state_dir,
+                partitions,
+            } = command
+            {
+                let store = std::sync::Arc::new(open(state_dir)?);
+                let summary = siklus::restore::restore_all(&cfg, store, partitions)?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(());
+            }
             let summary = match command {
+                StateCommand::Restore { .. } => unreachable!("handled above"),
                 StateCommand::Export { state_dir, output } => {
                     siklus::snapshot::export(&open(state_dir)?, &output)?
                 }
