@@ -740,7 +740,15 @@ impl OutputSink {
     }
 
     fn flush_producer(&self, producer: &ThreadedProducer<DeliveryContext>) -> anyhow::Result<()> {
-        let flushed = producer.flush(self.flush_timeout);
+        self.flush_within(producer, self.flush_timeout)
+    }
+
+    fn flush_within(
+        &self,
+        producer: &ThreadedProducer<DeliveryContext>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let flushed = producer.flush(timeout);
         let failures = producer.context().failures.swap(0, Ordering::Relaxed);
         let first = lock(&producer.context().first_error).take();
         if let Err(e) = flushed {
@@ -782,6 +790,10 @@ struct Worker {
     restores: Option<Restores>,
     /// Changelog records applied by restores so far.
     restored_records: u64,
+    /// Set while a revoke delivers the last step: how long it may take.
+    revoke_budget: Option<Duration>,
+    /// The budget of a revoke (`session.timeout.ms`).
+    revoke_timeout: Duration,
     /// When the restores running now began.
     restore_began: Option<Instant>,
     /// Seconds the restores of this run took (first start to last end).
@@ -824,7 +836,8 @@ impl Worker {
         } else {
             self.sink.send_outputs(&self.out, &self.raw).and_then(|()| {
                 self.sink.send_changelog(&log);
-                self.sink.flush()
+                self.sink
+                    .flush_within(&self.sink.producer, self.delivery_budget())
             })
         };
         if let Err(e) = delivered {
@@ -854,6 +867,15 @@ impl Worker {
             return Ok(());
         }
         self.commit_offsets(consumer, CommitMode::Async)
+    }
+
+    /// How long the step's delivery may take: the flush timeout, or during a
+    /// revoke the revoke budget (the partitions must be let go in time; an
+    /// undelivered step is redone by their next owner).
+    fn delivery_budget(&self) -> Duration {
+        self.revoke_budget
+            .unwrap_or(self.sink.flush_timeout)
+            .min(self.sink.flush_timeout)
     }
 
     /// Drops the step in progress: nothing of it is written, and it is
@@ -888,7 +910,7 @@ impl Worker {
         consumer: &BaseConsumer<impl ConsumerContext>,
     ) -> anyhow::Result<()> {
         let producer = &self.sink.producer;
-        let timeout = Duration::from_secs(30);
+        let timeout = self.delivery_budget();
         txn_call("begin", || producer.begin_transaction())?;
         let sent = self.sink.send_outputs(&self.out, &self.raw);
         self.sink.send_changelog(log);
@@ -1034,7 +1056,10 @@ impl ConsumerContext for InputContext {
                         }
                         paused.add_partition(&self.topic, p);
                         w.metrics.with_partition(p as u32, |f| f.assigned = true);
-                        info!(partition = p, "partition assigned; checking its changelog");
+                        info!(
+                            partition = p,
+                            "checking the changelog of a newly assigned partition"
+                        );
                         continue;
                     }
                     if let Err(e) = w.engine.assign(p as u32) {
@@ -1074,7 +1099,10 @@ impl ConsumerContext for InputContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut w = lock(&self.worker);
-                match w.commit_step(consumer) {
+                w.revoke_budget = Some(w.revoke_timeout);
+                let committed = w.commit_step(consumer);
+                w.revoke_budget = None;
+                match committed {
                     Ok(()) => {
                         // The new owner restores up to the committed offset:
                         // commit it now, not in the background.
@@ -1293,6 +1321,13 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             None
         },
         restored_records: 0,
+        revoke_budget: None,
+        revoke_timeout: Duration::from_millis(
+            cfg.kafka
+                .get("session.timeout.ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10_000),
+        ),
         restore_began: None,
         restore_secs: 0.0,
     }));
@@ -1530,8 +1565,12 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     }
     {
         let mut w = lock(&worker);
-        if let Err(e) = w.commit_step(&consumer) {
-            warn!(error = %e, "final commit failed; the last step will be redone on restart");
+        match w.commit_step(&consumer) {
+            // A new owner restores up to the committed offset: wait for it.
+            Ok(()) => w.commit_offsets(&consumer, CommitMode::Sync)?,
+            Err(e) => {
+                warn!(error = %e, "final commit failed; the last step will be redone on restart")
+            }
         }
         w.engine.store().flush()?;
         summary.counters = w.engine.counters();

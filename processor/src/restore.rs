@@ -134,6 +134,9 @@ pub struct Restores {
     exactly_once: bool,
     parts: BTreeMap<u32, Pending>,
     standby: Option<Standby>,
+    /// Finds the true end of a changelog partition on brokers that report
+    /// a high watermark below it (`resume_rewind` > 0 marks such brokers).
+    probe: Option<BaseConsumer>,
 }
 
 impl Restores {
@@ -148,6 +151,14 @@ impl Restores {
         exactly_once: bool,
         standby_of: Option<u32>,
     ) -> anyhow::Result<Self> {
+        let probe = if rewind > 0 {
+            let mut pc = cc.clone();
+            pc.set("enable.auto.commit", "false")
+                .set("group.id", format!("{topic}.probe"));
+            Some(pc.create().context("creating the changelog end probe")?)
+        } else {
+            None
+        };
         cc.set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
@@ -160,6 +171,7 @@ impl Restores {
             rewind,
             exactly_once,
             parts: BTreeMap::new(),
+            probe,
             standby: standby_of.map(|partitions| Standby {
                 partitions,
                 follows: BTreeMap::new(),
@@ -266,8 +278,9 @@ impl Restores {
             .collect();
         let mut started = false;
         for p in waiting {
-            match self.start(p, store, config, group)? {
-                Some(run) if run.position < run.end => {
+            let run = self.start(p, store, config, group)?;
+            match run.position < run.end {
+                true => {
                     info!(
                         partition = p,
                         from = run.position,
@@ -284,7 +297,7 @@ impl Restores {
                     }
                     started = true;
                 }
-                _ => {
+                false => {
                     if let Some(pending) = self.parts.remove(&p) {
                         done.push(Restored {
                             partition: p,
@@ -392,7 +405,8 @@ impl Restores {
             {
                 continue;
             }
-            if let Some(run) = self.start(p, store, config, group)? {
+            {
+                let run = self.start(p, store, config, group)?;
                 info!(
                     partition = p,
                     from = run.position,
@@ -454,25 +468,33 @@ impl Restores {
         Ok(changed)
     }
 
-    /// Decides whether `p` needs a restore, and from where.
+    /// Where a restore of `p` starts and ends (`position >= end`: the store
+    /// is up to date).
     fn start<C: ConsumerContext>(
         &self,
         p: u32,
         store: &Arc<Store>,
         config: &EngineConfig,
         group: &BaseConsumer<C>,
-    ) -> anyhow::Result<Option<Run>> {
+    ) -> anyhow::Result<Run> {
         let timeout = Duration::from_secs(10);
         let (low, high) = self
             .consumer
             .fetch_watermarks(&self.topic, p as i32, timeout)
             .with_context(|| format!("changelog watermarks of partition {p}"))?;
         let mut local = changelog::stored_position(store, p)?;
-        if high <= local {
-            return Ok(None);
-        }
+        let high = match &self.probe {
+            Some(probe) if high > low => {
+                crate::topic_replay::true_end(probe, &self.topic, p as i32, high)?
+            }
+            _ => high,
+        };
+        let needed = high > local;
         let committed = if self.exactly_once {
             i64::MAX
+        } else if !needed {
+            // Nothing to apply now (a standby learns it on its next refresh).
+            0
         } else {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&self.input_topic, p as i32);
@@ -488,7 +510,7 @@ impl Restores {
             }
         };
         let local_offset = store.offset(p)?;
-        if local_offset.is_some_and(|o| o > committed) && local > 0 {
+        if needed && local_offset.is_some_and(|o| o > committed) && local > 0 {
             // This store got ahead of what the group committed, and another
             // instance has written to the changelog since: its state and the
             // changelog's follow different step boundaries. Start over.
@@ -504,7 +526,7 @@ impl Restores {
         let fresh = local == 0 && store.offset(p)?.is_none();
         let position = local.max(low);
         let now = Instant::now();
-        Ok(Some(Run {
+        Ok(Run {
             restorer: Restorer::new(store.clone(), config.clone(), p, fresh),
             committed,
             position,
@@ -515,7 +537,7 @@ impl Restores {
             started: now,
             last_progress: now,
             last_log: now,
-        }))
+        })
     }
 
     /// Reads changelog records for up to [`STEP_BUDGET`].
@@ -539,14 +561,7 @@ impl Restores {
                 if m.offset() < f.run.position {
                     continue;
                 }
-                let input_next = m
-                    .headers()
-                    .and_then(|hs| {
-                        hs.iter()
-                            .find(|h| h.key == INPUT_OFFSET_HEADER)
-                            .and_then(|h| changelog::parse_input_next(h.value))
-                    })
-                    .unwrap_or(i64::MAX);
+                let input_next = input_next_of(&m).unwrap_or(i64::MAX);
                 f.held.push_back(Held {
                     offset: m.offset(),
                     key: m.key().unwrap_or_default().to_vec(),
@@ -563,19 +578,12 @@ impl Restores {
             if m.offset() < run.position {
                 continue;
             }
-            let input_next = m
-                .headers()
-                .and_then(|hs| {
-                    hs.iter()
-                        .find(|h| h.key == INPUT_OFFSET_HEADER)
-                        .and_then(|h| changelog::parse_input_next(h.value))
-                })
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "changelog partition {p} offset {} has no {INPUT_OFFSET_HEADER} header",
-                        m.offset()
-                    )
-                })?;
+            let input_next = input_next_of(&m).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "changelog partition {p} offset {} has no {INPUT_OFFSET_HEADER} header",
+                    m.offset()
+                )
+            })?;
             let key = m.key().unwrap_or_default();
             run.restorer
                 .apply(m.offset(), key, m.payload(), input_next, run.committed)?;
@@ -636,6 +644,15 @@ impl Restores {
         }
         Ok(())
     }
+}
+
+/// The [`INPUT_OFFSET_HEADER`] of a changelog record.
+fn input_next_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<i64> {
+    m.headers().and_then(|hs| {
+        hs.iter()
+            .find(|h| h.key == INPUT_OFFSET_HEADER)
+            .and_then(|h| changelog::parse_input_next(h.value))
+    })
 }
 
 /// What [`restore_all`] did.

@@ -263,7 +263,7 @@ pub struct Range {
 /// holds offset `high − 1`. On Apache Kafka that is `high` itself; a broker
 /// that reports the last batch's base offset + 1 as its high watermark
 /// (tansu 0.6) still yields the true end.
-fn true_end(
+pub(crate) fn true_end(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,

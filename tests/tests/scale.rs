@@ -307,8 +307,15 @@ fn scale_out_and_in_restores_from_the_changelog() {
     wait_until("B to take partitions", Duration::from_secs(120), || {
         log_of(&cb).contains("partition restored from the changelog")
     });
-    // A leaves: B takes everything, restoring A's partitions.
+    // Cooperative-sticky: A let go of the partitions B took, and only those;
+    // the ones it kept were never stopped.
     std::thread::sleep(Duration::from_secs(2));
+    let revoked = log_of(&ca).matches("partition revoked").count();
+    assert!(
+        (1..4).contains(&revoked),
+        "A revoked {revoked} of its 4 partitions when B joined"
+    );
+    // A leaves: B takes everything, restoring A's partitions.
     terminate(&a);
     assert!(
         wait_exit(&mut a, Duration::from_secs(120), &ca).success(),
