@@ -310,6 +310,18 @@ def main():
                       f"{rrec:,} changelog records, 4 partitions, `siklus state restore` into an empty directory",
                       records=rrec, secs=rsecs, cpu=rcpu, rss=rrss, rate=rrec / rsecs,
                       vs_processing=s_span / rsecs)
+                log("siklus run without the changelog")
+                nenv = dict(env, SIKLUS_PROCESSOR__CHANGELOG="false", SIKLUS_PROCESSOR__GROUP_ID="bench-nolog",
+                            SIKLUS_PROCESSOR__STATE_DIR=os.path.join(work, "nolog-state"))
+                nw, nc, nrss, nout = measure([siklus, "--config", cfg, "run", "--stop-at-end"], env=nenv)
+                n_span = json.loads(nout).get("processing_secs") or nw
+                t.add("siklus_no_changelog", "siklus run, changelog off", fmt_rate(n / n_span),
+                      f"{nc / (n / 1e6):.2f}", f"{nrss:,.0f} MiB",
+                      f"the changelog costs {s_span / n_span:.2f}x the processing span, "
+                      f"{sc / max(nc, 1e-9):.2f}x the CPU",
+                      "same topic, same run, processor.changelog = false",
+                      records=n, secs=n_span, cpu=nc, rss=nrss, rate=n / n_span,
+                      changelog_span_cost=s_span / n_span, changelog_cpu_cost=sc / max(nc, 1e-9))
                 log("Quix Streams peer")
                 qw, qc, qrss, qout = measure([sys.executable, os.path.join(SCRIPTS, "quix_peer.py"), "run",
                                               "--broker", bootstrap, "--topic", "bench.events",

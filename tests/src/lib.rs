@@ -553,7 +553,7 @@ pub fn siklus_bin() -> PathBuf {
 pub fn write_config(dir: &Path, broker: &Broker, input: &str, group: &str, extra: &str) -> PathBuf {
     let p = dir.join("siklus.toml");
     let text = format!(
-        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n# The rebalance timeout: tansu 0.6 waits this long for a member that\n# was killed before it rebalances without it (librdkafka default 300 s).\n\"max.poll.interval.ms\" = \"20000\"\n\n[topics]\ninput = \"{input}\"\ntransitions = \"{group}.transitions\"\naggregates = \"{group}.aggregates\"\ncohorts = \"{group}.cohorts\"\ndlq = \"{group}.dlq\"\n\n[processor]\ngroup_id = \"{group}\"\nstate_dir = \"{}\"\ncommit_interval_ms = 200\n{idle}# tansu 0.6 cannot fetch from the middle of a batch\nresume_rewind = 1000000\n{extra}\n",
+        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n# The rebalance timeout (librdkafka default 300 s): how long a rebalance\n# waits for members that do not rejoin, such as killed ones.\n\"max.poll.interval.ms\" = \"20000\"\n\"session.timeout.ms\" = \"10000\"\n\n[topics]\ninput = \"{input}\"\ntransitions = \"{group}.transitions\"\naggregates = \"{group}.aggregates\"\ncohorts = \"{group}.cohorts\"\ndlq = \"{group}.dlq\"\n\n[processor]\ngroup_id = \"{group}\"\nstate_dir = \"{}\"\ncommit_interval_ms = 200\n{idle}# tansu 0.6 cannot fetch from the middle of a batch\nresume_rewind = 1000000\n{extra}\n",
         broker.addr,
         dir.join("state").display(),
         idle = if extra.contains("idle_timeout_ms") { "" } else { "idle_timeout_ms = 2000\n" },
