@@ -661,3 +661,43 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .filter_map(|v| v.parse::<f64>().ok())
         .sum()
 }
+
+/// The log of a `siklus run` started with `config` (see [`spawn_run`]).
+pub fn log_of(config: &Path) -> String {
+    std::fs::read_to_string(config.with_extension("log")).unwrap_or_default()
+}
+
+/// Per partition of a state directory: (stored next offset, profiles).
+pub type PartitionState = BTreeMap<u32, (i64, BTreeMap<String, Vec<u8>>)>;
+
+/// Every partition of the store under `dir/state`.
+pub fn partitions_of(dir: &Path) -> PartitionState {
+    let store = siklus_state::Store::open(&dir.join("state"), &Default::default()).expect("state");
+    let mut m = BTreeMap::new();
+    for p in store.partitions().expect("partitions") {
+        let off = store.offset(p).expect("offset").unwrap_or(-1);
+        m.insert(
+            p,
+            (
+                off,
+                store.profiles(p).expect("profiles").into_iter().collect(),
+            ),
+        );
+    }
+    m
+}
+
+/// The transitions of a topic by id (their JSON). Fails the test if one id
+/// comes with two different contents.
+pub fn transitions_by_id(broker: &Broker, topic: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for r in broker.read_all(topic) {
+        let t: siklus::model::StageTransition =
+            serde_json::from_slice(r.value.as_deref().expect("value")).expect("json");
+        let text = serde_json::to_string(&t).expect("json");
+        if let Some(prev) = m.insert(t.transition_id.clone(), text.clone()) {
+            assert_eq!(prev, text, "one transition id with two contents");
+        }
+    }
+    m
+}

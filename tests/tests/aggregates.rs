@@ -33,10 +33,6 @@ fn aggregates(broker: &Broker, topic: &str) -> BTreeMap<String, serde_json::Valu
     m
 }
 
-fn log_of(cfg: &std::path::Path) -> String {
-    std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default()
-}
-
 #[test]
 fn two_instances_aggregate_like_one_instance_and_like_the_replay() {
     let broker = Broker::start();

@@ -110,23 +110,6 @@ fn assert_same_state(
     panic!("{what}: {differing} profiles differ\n{report}");
 }
 
-/// Transitions by id; fails if one id appears with two different contents.
-fn transitions(broker: &Broker, topic: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for r in broker.read_all(topic) {
-        let t: StageTransition =
-            serde_json::from_slice(r.value.as_deref().expect("value")).expect("json");
-        let text = serde_json::to_string(&t).unwrap();
-        if let Some(prev) = m.insert(t.transition_id.clone(), text.clone()) {
-            assert_eq!(
-                prev, text,
-                "a duplicate transition id with different content"
-            );
-        }
-    }
-    m
-}
-
 #[test]
 fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
     let broker = Broker::start();
@@ -138,7 +121,7 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
     let ref_group = unique("ref");
     assert!(run_to_end(ref_dir.path(), &broker, &input, &ref_group, &[]).success());
     let expected_state = state_of(ref_dir.path());
-    let expected = transitions(&broker, &format!("{ref_group}.transitions"));
+    let expected = transitions_by_id(&broker, &format!("{ref_group}.transitions"));
     assert!(
         expected.len() > 1000,
         "too few transitions to be meaningful: {}",
@@ -182,7 +165,7 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
         &expected_state,
         "state after SIGKILL",
     );
-    assert_eq!(transitions(&broker, &out_topic), expected);
+    assert_eq!(transitions_by_id(&broker, &out_topic), expected);
 }
 
 /// The process aborts right after a step's outputs were delivered and before
@@ -200,7 +183,7 @@ fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
     let ref_group = unique("ref");
     assert!(run_to_end(ref_dir.path(), &broker, &input, &ref_group, &[]).success());
     let expected_state = state_of(ref_dir.path());
-    let expected = transitions(&broker, &format!("{ref_group}.transitions"));
+    let expected = transitions_by_id(&broker, &format!("{ref_group}.transitions"));
 
     // 1. Aborted after delivering a step's outputs but before writing its state.
     let dir = tempfile::tempdir().unwrap();
@@ -262,7 +245,7 @@ fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
     }
     assert_same_state(&state_of(dir.path()), &expected_state, "state after aborts");
     assert_eq!(
-        transitions(&broker, &format!("{group}.transitions")),
+        transitions_by_id(&broker, &format!("{group}.transitions")),
         expected
     );
 }

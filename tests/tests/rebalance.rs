@@ -1,42 +1,10 @@
 //! A rebalance in the middle of the stream: a second instance joins while the
 //! first is processing. Partitions move; nothing is lost or applied twice.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use siklus::generator::{Generator, GeneratorConfig};
-use siklus::model::StageTransition;
 use siklus_e2e::*;
-
-fn log_of(cfg: &Path) -> String {
-    std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default()
-}
-
-/// Per partition: (stored next offset, profiles).
-type PartitionState = BTreeMap<u32, (i64, BTreeMap<String, Vec<u8>>)>;
-
-fn partitions_of(dir: &Path) -> PartitionState {
-    let store = siklus_state::Store::open(&dir.join("state"), &Default::default()).expect("state");
-    let mut m = BTreeMap::new();
-    for p in store.partitions().unwrap() {
-        let off = store.offset(p).unwrap().unwrap_or(-1);
-        m.insert(p, (off, store.profiles(p).unwrap().into_iter().collect()));
-    }
-    m
-}
-
-fn transitions(broker: &Broker, topic: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for r in broker.read_all(topic) {
-        let t: StageTransition = serde_json::from_slice(&r.value.unwrap()).unwrap();
-        let text = serde_json::to_string(&t).unwrap();
-        if let Some(prev) = m.insert(t.transition_id.clone(), text.clone()) {
-            assert_eq!(prev, text, "one transition id with two contents");
-        }
-    }
-    m
-}
 
 #[test]
 fn a_rebalance_mid_stream_loses_nothing() {
@@ -66,7 +34,7 @@ fn a_rebalance_mid_stream_loses_nothing() {
     let mut r = spawn_run(&rc, &["--stop-at-end"], &[]);
     assert!(wait_exit(&mut r, Duration::from_secs(180), &rc).success());
     let want_state = partitions_of(rd.path());
-    let want = transitions(&broker, &format!("{rg}.transitions"));
+    let want = transitions_by_id(&broker, &format!("{rg}.transitions"));
 
     // Instance A starts; B joins once A has produced output.
     let group = unique("reb");
@@ -88,7 +56,7 @@ fn a_rebalance_mid_stream_loses_nothing() {
     let mut last = 0;
     let mut stable = 0;
     wait_until("the output to settle", Duration::from_secs(240), || {
-        let n = transitions(&broker, &out).len();
+        let n = transitions_by_id(&broker, &out).len();
         stable = if n == last { stable + 1 } else { 0 };
         last = n;
         n >= want.len() && stable >= 3
@@ -107,7 +75,7 @@ fn a_rebalance_mid_stream_loses_nothing() {
     );
 
     // Every transition is there, once per id, with the same content.
-    assert_eq!(transitions(&broker, &out), want);
+    assert_eq!(transitions_by_id(&broker, &out), want);
     // Each partition's state, at its latest owner (the store that got
     // furthest), equals the reference.
     let (sa, sb) = (partitions_of(da.path()), partitions_of(db.path()));

@@ -9,7 +9,6 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use siklus::generator::{Generator, GeneratorConfig};
-use siklus::model::StageTransition;
 use siklus_e2e::*;
 
 /// The eager protocol for runs with SIGKILLs: with cooperative-sticky,
@@ -20,10 +19,6 @@ const EAGER: (&str, &str) = ("SIKLUS_KAFKA__PARTITION_ASSIGNMENT_STRATEGY", "ran
 
 /// No idle shortcuts (they depend on wall-clock timing), moderate steps.
 const EXTRA: &str = "max_batch = 2000\nidle_timeout_ms = 600000";
-
-fn log_of(cfg: &Path) -> String {
-    std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default()
-}
 
 fn load(broker: &Broker, topic: &str, partitions: i32, customers: u64, seed: u64) -> usize {
     broker.create_topic(topic, partitions);
@@ -44,32 +39,6 @@ fn load(broker: &Broker, topic: &str, partitions: i32, customers: u64, seed: u64
     n
 }
 
-/// Per partition: (stored next offset, profiles).
-type PartitionState = BTreeMap<u32, (i64, BTreeMap<String, Vec<u8>>)>;
-
-fn partitions_of(dir: &Path) -> PartitionState {
-    let store = siklus_state::Store::open(&dir.join("state"), &Default::default()).expect("state");
-    let mut m = BTreeMap::new();
-    for p in store.partitions().unwrap() {
-        let off = store.offset(p).unwrap().unwrap_or(-1);
-        m.insert(p, (off, store.profiles(p).unwrap().into_iter().collect()));
-    }
-    m
-}
-
-/// Transitions by id (their JSON); fails on one id with two contents.
-fn transitions(broker: &Broker, topic: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for r in broker.read_all(topic) {
-        let t: StageTransition = serde_json::from_slice(&r.value.unwrap()).unwrap();
-        let text = serde_json::to_string(&t).unwrap();
-        if let Some(prev) = m.insert(t.transition_id.clone(), text.clone()) {
-            assert_eq!(prev, text, "one transition id with two contents");
-        }
-    }
-    m
-}
-
 /// One uninterrupted instance: its state and transitions.
 fn reference(
     broker: &Broker,
@@ -85,7 +54,7 @@ fn reference(
         log_of(&cfg)
     );
     let state = partitions_of(dir.path());
-    let out = transitions(broker, &format!("{group}.transitions"));
+    let out = transitions_by_id(broker, &format!("{group}.transitions"));
     (state, out, dir)
 }
 
@@ -94,7 +63,7 @@ fn wait_settled(broker: &Broker, topic: &str, want: usize, timeout: Duration) {
     let mut last = 0;
     let mut stable = 0;
     wait_until("the output to settle", timeout, || {
-        let n = std::panic::catch_unwind(|| transitions(broker, topic).len()).unwrap_or(0);
+        let n = std::panic::catch_unwind(|| transitions_by_id(broker, topic).len()).unwrap_or(0);
         stable = if n == last { stable + 1 } else { 0 };
         last = n;
         n >= want && stable >= 3
@@ -205,7 +174,7 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
     let mut nudges = 0;
     let mut last = (0, Instant::now());
     loop {
-        let n = std::panic::catch_unwind(|| transitions(&broker, &out).len()).unwrap_or(0);
+        let n = std::panic::catch_unwind(|| transitions_by_id(&broker, &out).len()).unwrap_or(0);
         if n >= want.len() {
             break;
         }
@@ -240,7 +209,7 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
     }
 
     // No transition is missing, none differs, none is extra.
-    let got = transitions(&broker, &out);
+    let got = transitions_by_id(&broker, &out);
     let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
     assert_eq!(missing, 0, "{missing} transitions missing");
     assert_eq!(got, want);
@@ -339,7 +308,7 @@ fn scale_out_and_in_restores_from_the_changelog() {
         "{}",
         log_of(&cb)
     );
-    assert_eq!(transitions(&broker, &out), want);
+    assert_eq!(transitions_by_id(&broker, &out), want);
     assert_state_eq(&partitions_of(db.path()), &want_state, "B after scale-in");
 }
 
@@ -599,7 +568,7 @@ fn a_standby_takes_over_without_a_full_restore() {
         "{}",
         log_of(&cb)
     );
-    assert_eq!(transitions(&broker, &out), want);
+    assert_eq!(transitions_by_id(&broker, &out), want);
     assert_state_eq(
         &partitions_of(db.path()),
         &want_state,
