@@ -505,6 +505,39 @@ mod tests {
     }
 
     #[test]
+    fn state_and_guarantee_keys_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("siklus.toml");
+        std::fs::write(
+            &f,
+            "[processor]\nchangelog = false\nstandby_replicas = true\nexpire_churned_after_days = 400\nmax_write_buffers = 3\n[processing]\nguarantee = \"exactly_once\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&f)).unwrap();
+        assert!(!cfg.processor.changelog);
+        assert!(cfg.processor.standby_replicas);
+        assert_eq!(cfg.processing.guarantee, Guarantee::ExactlyOnce);
+        assert_eq!(cfg.store_options().max_write_buffers, 3);
+        assert_eq!(
+            cfg.engine(true).expire_churned_after_ms,
+            Some(400 * crate::time::DAY_MS)
+        );
+        let d = Config::default();
+        assert!(d.processor.changelog && !d.processor.standby_replicas);
+        assert_eq!(d.processing.guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(d.engine(true).expire_churned_after_ms, None);
+        assert_eq!(d.changelog_topic(), "siklus.siklus.profiles-changelog");
+        for bad in [
+            "[processing]\nguarantee = \"twice\"\n",
+            "[processing]\nguarante = \"exactly_once\"\n",
+            "[processor]\nmax_write_buffers = 0\n",
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            assert!(Config::load(Some(&f)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn schema_registry_section_is_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
