@@ -862,10 +862,6 @@ impl Worker {
         self.out.clear();
         self.raw.clear();
         self.engine.write_commit(batch)?;
-        if self.sink.transactional() {
-            // The offsets were committed in the transaction.
-            return Ok(());
-        }
         self.commit_offsets(consumer, CommitMode::Async)
     }
 
@@ -954,6 +950,7 @@ impl Worker {
         mode: CommitMode,
     ) -> anyhow::Result<()> {
         if self.sink.transactional() {
+            // They are committed in each step's transaction.
             return Ok(());
         }
         let tpl = self.next_offsets()?;

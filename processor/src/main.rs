@@ -494,23 +494,20 @@ fn execute(cli: Cli, telemetry: &Telemetry) -> anyhow::Result<()> {
                 siklus_state::Store::open(&dir, &cfg.store_options())
                     .with_context(|| format!("opening {}", dir.display()))
             };
-            if let StateCommand::Restore {
-                state_dir,
-                partitions,
-            } = command
-            {
-                let store = std::sync::Arc::new(open(state_dir)?);
-                let summary = siklus::restore::restore_all(&cfg, store, partitions)?;
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-                return Ok(());
-            }
             let summary = match command {
-                StateCommand::Restore { .. } => unreachable!("handled above"),
+                StateCommand::Restore {
+                    state_dir,
+                    partitions,
+                } => serde_json::to_value(siklus::restore::restore_all(
+                    &cfg,
+                    std::sync::Arc::new(open(state_dir)?),
+                    partitions,
+                )?)?,
                 StateCommand::Export { state_dir, output } => {
-                    siklus::snapshot::export(&open(state_dir)?, &output)?
+                    serde_json::to_value(siklus::snapshot::export(&open(state_dir)?, &output)?)?
                 }
                 StateCommand::Import { state_dir, input } => {
-                    siklus::snapshot::import(&open(state_dir)?, &input)?
+                    serde_json::to_value(siklus::snapshot::import(&open(state_dir)?, &input)?)?
                 }
             };
             println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -42,11 +42,14 @@ const STANDBY_FLUSH: Duration = Duration::from_secs(2);
 impl Follow {
     /// Applies the held records whose step the owner committed.
     fn drain(&mut self) -> anyhow::Result<()> {
-        while let Some(h) = self.held.front() {
-            if h.input_next > self.run.committed {
+        while self
+            .held
+            .front()
+            .is_some_and(|h| h.input_next <= self.run.committed)
+        {
+            let Some(h) = self.held.pop_front() else {
                 break;
-            }
-            let h = self.held.pop_front().expect("front");
+            };
             self.run.restorer.apply(
                 h.offset,
                 &h.key,
@@ -269,7 +272,7 @@ impl Restores {
         owned: &[u32],
     ) -> anyhow::Result<Vec<Restored>> {
         let mut done = Vec::new();
-        let mut changed = self.update_standby(store, config, group, owned)?;
+        let changed = self.update_standby(store, config, group, owned)?;
         let waiting: Vec<u32> = self
             .parts
             .iter()
@@ -279,38 +282,32 @@ impl Restores {
         let mut started = false;
         for p in waiting {
             let run = self.start(p, store, config, group)?;
-            match run.position < run.end {
-                true => {
-                    info!(
-                        partition = p,
-                        from = run.position,
-                        to = run.end,
-                        records = run.end - run.position,
-                        "restoring partition from the changelog"
-                    );
-                    metrics.with_partition(p, |f| {
-                        f.assigned = true;
-                        f.restore_remaining = (run.end - run.position).max(0) as u64;
-                    });
-                    if let Some(pending) = self.parts.get_mut(&p) {
-                        pending.run = Some(run);
-                    }
-                    started = true;
+            if run.position < run.end {
+                info!(
+                    partition = p,
+                    from = run.position,
+                    to = run.end,
+                    records = run.end - run.position,
+                    "restoring partition from the changelog"
+                );
+                metrics.with_partition(p, |f| {
+                    f.assigned = true;
+                    f.restore_remaining = (run.end - run.position).max(0) as u64;
+                });
+                if let Some(pending) = self.parts.get_mut(&p) {
+                    pending.run = Some(run);
                 }
-                false => {
-                    if let Some(pending) = self.parts.remove(&p) {
-                        done.push(Restored {
-                            partition: p,
-                            input_start: pending.input_start,
-                            records: 0,
-                        });
-                    }
-                }
+                started = true;
+            } else if let Some(pending) = self.parts.remove(&p) {
+                done.push(Restored {
+                    partition: p,
+                    input_start: pending.input_start,
+                    records: 0,
+                });
             }
         }
         if started || changed {
             self.reassign();
-            changed = false;
         }
         let following = self.standby.as_ref().is_some_and(|s| !s.follows.is_empty());
         if self.parts.values().all(|p| p.run.is_none()) && !following {
@@ -361,7 +358,7 @@ impl Restores {
                 records: run.restorer.applied,
             });
         }
-        if !finished.is_empty() || changed {
+        if !finished.is_empty() {
             self.reassign();
         }
         Ok(done)
@@ -405,25 +402,23 @@ impl Restores {
             {
                 continue;
             }
-            {
-                let run = self.start(p, store, config, group)?;
-                info!(
-                    partition = p,
-                    from = run.position,
-                    "following partition as a standby"
+            let run = self.start(p, store, config, group)?;
+            info!(
+                partition = p,
+                from = run.position,
+                "following partition as a standby"
+            );
+            if let Some(s) = self.standby.as_mut() {
+                s.follows.insert(
+                    p,
+                    Follow {
+                        run,
+                        held: VecDeque::new(),
+                        last_flush: Instant::now(),
+                    },
                 );
-                if let Some(s) = self.standby.as_mut() {
-                    s.follows.insert(
-                        p,
-                        Follow {
-                            run,
-                            held: VecDeque::new(),
-                            last_flush: Instant::now(),
-                        },
-                    );
-                }
-                changed = true;
             }
+            changed = true;
         }
         let refresh = self
             .standby
