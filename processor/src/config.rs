@@ -32,6 +32,21 @@ pub struct Config {
     pub schema_registry: SchemaRegistry,
     /// Delivery guarantee of the outputs.
     pub processing: Processing,
+    /// What the output topics carry.
+    pub outputs: Outputs,
+}
+
+/// The `[outputs]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Outputs {
+    /// Stages (`to_stage` values such as `converted` or `churned`) whose
+    /// transitions are told to the Segment-style topic (`topics.segment`).
+    /// Empty (the default): every stage. Every impression-only customer
+    /// enters `reached`, which costs a tracked user downstream; listing the
+    /// stages a journey uses avoids that. The transitions topic always
+    /// carries every transition.
+    pub transition_stages: Vec<String>,
 }
 
 /// How outputs are delivered.
@@ -71,6 +86,7 @@ impl Default for Config {
             schemas: Schemas::default(),
             schema_registry: SchemaRegistry::default(),
             processing: Processing::default(),
+            outputs: Outputs::default(),
         }
     }
 }
@@ -355,6 +371,7 @@ impl Config {
                 "schemas.",
                 "schema_registry.",
                 "processing.",
+                "outputs.",
             ]
             .iter()
             .any(|s| k.starts_with(s))
@@ -400,6 +417,14 @@ impl Config {
             return Err("processor.topic_partitions must be at least 1".into());
         }
         self.schema_registry.validate()?;
+        for stage in &self.outputs.transition_stages {
+            if crate::model::stage_from_name(stage).is_none() {
+                return Err(format!(
+                    "outputs.transition_stages: {stage:?} is not a stage (one of {})",
+                    crate::model::STAGE_NAMES.join(", ")
+                ));
+            }
+        }
         Ok(())
     }
 

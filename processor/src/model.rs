@@ -195,6 +195,24 @@ impl Activity {
     }
 }
 
+/// Every stage name of every dimension, as transitions spell them.
+pub const STAGE_NAMES: [&str; 9] = [
+    "reached",
+    "acquired",
+    "converted",
+    "developing",
+    "loyal",
+    "advocate",
+    "active",
+    "at_risk",
+    "churned",
+];
+
+/// The canonical spelling of a stage name, or `None` when no dimension has it.
+pub fn stage_from_name(name: &str) -> Option<&'static str> {
+    STAGE_NAMES.iter().copied().find(|s| *s == name)
+}
+
 /// Which dimension a transition moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
