@@ -77,17 +77,13 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<DemoReport> {
     cfg.processor.topic_partitions = 4;
     cfg.processor.idle_timeout_ms = 2_000;
     cfg.processor.commit_interval_ms = 200;
-    for (t, p) in [
-        (cfg.topics.input.clone(), 4),
-        (cfg.topics.transitions.clone(), 4),
-        (cfg.topics.dlq.clone(), 1),
-        (cfg.topics.aggregates.clone(), 1),
-        (cfg.topics.cohorts.clone(), 1),
-        (cfg.partials_topic(), 1),
-    ] {
+    // The in-process cluster does not serve CreateTopics: every topic the
+    // run needs is created here, from the list `kafka::ensure_topics` works
+    // through on a real broker (which then finds them all present).
+    for t in kafka::topic_specs(&cfg, cfg.processor.topic_partitions) {
         cluster
-            .create_topic(&t, p, 1)
-            .with_context(|| format!("creating {t}"))?;
+            .create_topic(&t.name, t.partitions, 1)
+            .with_context(|| format!("creating the topic {} on the in-process broker", t.name))?;
     }
 
     let gen_cfg = GeneratorConfig {
@@ -112,7 +108,8 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<DemoReport> {
         );
         report.events += 1;
         if i == 100 {
-            // Poison: not JSON at all, and an event without a customer.
+            // Poison: not JSON at all, an event without a customer, and one
+            // keyed by another customer.
             send(
                 &producer,
                 &cfg.topics.input,
@@ -120,7 +117,10 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<DemoReport> {
                 b"\x07not json{",
             );
             send(&producer, &cfg.topics.input, b"cust-000002", br#"{"event_id":"x","event_type":"page.viewed","occurred_at":"2024-01-02T00:00:00Z"}"#);
-            report.poison += 2;
+            // A valid event keyed by another customer: rejected after
+            // decoding, by the key rule, and dead-lettered with its own bytes.
+            send(&producer, &cfg.topics.input, b"cust-000003", br#"{"event_id":"y","customer_id":"someone-else","event_type":"page.viewed","occurred_at":"2024-01-02T00:00:00Z"}"#);
+            report.poison += 3;
         }
     }
     producer.flush(Duration::from_secs(30))?;

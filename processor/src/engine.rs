@@ -124,9 +124,14 @@ pub struct EngineConfig {
     /// replays with `--watermark live`). When false (bounded replays),
     /// windows and timers wait for the end of the input.
     pub live_watermark: bool,
-    /// An event more than this far ahead of its partition's latest event time
-    /// is a dead letter (ms; default 400 days).
+    /// An event more than this far ahead of its partition's confirmed event
+    /// time does not move the partition's clock until a later record
+    /// confirms it (ms; default 7 days; see [`Clock`]).
     pub max_time_jump_ms: i64,
+    /// An event more than this far ahead of the wall clock (given by the
+    /// driver with [`Engine::set_wall_clock`]) is a dead letter of kind
+    /// `future` (ms; default one day).
+    pub max_future_skew_ms: i64,
     /// Profiles kept in memory between commits, over all partitions (a
     /// cache of the store: a hit saves a RocksDB read and a decode).
     pub profile_cache: usize,
@@ -142,7 +147,8 @@ impl Default for EngineConfig {
             rules: Rules::default(),
             allowed_lateness_ms: 3_600_000,
             live_watermark: true,
-            max_time_jump_ms: 400 * crate::time::DAY_MS,
+            max_time_jump_ms: 7 * crate::time::DAY_MS,
+            max_future_skew_ms: crate::time::DAY_MS,
             profile_cache: DEFAULT_PROFILE_CACHE,
             expire_churned_after_ms: None,
         }
@@ -160,6 +166,31 @@ pub struct DeadLetter {
     pub kind: &'static str,
     /// Human-readable reason.
     pub reason: String,
+    /// The record's own key, value and headers, taken when the dead letter
+    /// was created, so no later stage has to pair it with its bytes.
+    pub record: RawInput,
+}
+
+/// The original bytes of an input record: what its dead letter carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawInput {
+    /// The record key.
+    pub key: Option<Vec<u8>>,
+    /// The record value (for a file replay, the input line).
+    pub payload: Option<Vec<u8>>,
+    /// The record headers, in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl RawInput {
+    /// A record that is only a value (a file line).
+    pub fn value(payload: Vec<u8>) -> RawInput {
+        RawInput {
+            key: None,
+            payload: Some(payload),
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// What processing produced, to be sent before the next commit.
@@ -169,7 +200,7 @@ pub struct Outputs {
     pub transitions: Vec<StageTransition>,
     /// Window partials and progress for the merge stage.
     pub partials: Vec<Partial>,
-    /// Dead letters (the driver attaches the original bytes and headers).
+    /// Dead letters, each with its own record.
     pub dead_letters: Vec<DeadLetter>,
 }
 
@@ -210,15 +241,6 @@ pub struct Counters {
     pub transitions: u64,
     /// Timers fired by the watermark.
     pub timers_fired: u64,
-}
-
-/// Event-time clock of one partition, persisted with its state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Clock {
-    /// Largest event time seen.
-    pub max_event_time: Option<i64>,
-    /// Current watermark (never goes backwards).
-    pub watermark: Option<i64>,
 }
 
 /// The deduplication memory of one customer that travels with its profile.
@@ -304,9 +326,20 @@ pub struct Engine {
     counters: BTreeMap<u32, Counters>,
     /// Commits so far (the cache's clock).
     steps: u64,
+    /// The wall clock as the driver last gave it (ms since the epoch), for
+    /// the check of events from the future; `None`: no check. The engine
+    /// never reads the clock itself.
+    wall_clock: Option<i64>,
 }
 
 impl Engine {
+    /// Gives the engine the wall clock (ms since the epoch): events more than
+    /// `max_future_skew_ms` ahead of it become dead letters. Drivers call it
+    /// once per step; `None` turns the check off.
+    pub fn set_wall_clock(&mut self, now_ms: Option<i64>) {
+        self.wall_clock = now_ms;
+    }
+
     /// An engine over an open store.
     pub fn new(store: Arc<Store>, config: EngineConfig) -> Self {
         Engine {
@@ -316,6 +349,7 @@ impl Engine {
             scratch: FoldOutput::default(),
             counters: BTreeMap::new(),
             steps: 0,
+            wall_clock: None,
         }
     }
 
@@ -360,7 +394,7 @@ impl Engine {
         }
         let next_offset = self.store.offset(partition)?;
         let clock = match self.store.meta(partition, META_CLOCK)? {
-            Some(b) => postcard::from_bytes(&b).map_err(|e| EngineError::Corrupt {
+            Some(b) => Clock::decode(&b).map_err(|e| EngineError::Corrupt {
                 partition,
                 reason: format!("clock: {e}"),
             })?,
@@ -430,13 +464,32 @@ impl Engine {
         applied
     }
 
-    /// Processes one input record: a decoded event or the reason it could not
-    /// be decoded. Records at offsets already applied are skipped.
+    /// [`Engine::process_raw`] for a record whose bytes are not at hand
+    /// (tests): a dead letter then carries an empty record.
+    #[cfg(test)]
     pub fn process(
         &mut self,
         partition: u32,
         offset: i64,
         record: Result<InteractionEvent, DecodeError>,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
+        self.process_raw(partition, offset, record, |_| RawInput::default(), out)
+    }
+
+    /// Processes one input record: a decoded event or the reason it could not
+    /// be decoded. Records at offsets already applied are skipped.
+    ///
+    /// `raw` gives the record's original bytes (it is passed the decoded
+    /// event, when there is one); it is called only when the record becomes
+    /// a dead letter, whichever check rejected it, and the dead letter keeps
+    /// what it returns.
+    pub fn process_raw(
+        &mut self,
+        partition: u32,
+        offset: i64,
+        record: Result<InteractionEvent, DecodeError>,
+        raw: impl FnOnce(Option<&InteractionEvent>) -> RawInput,
         out: &mut Outputs,
     ) -> Result<(), EngineError> {
         if self.skip_if_applied(partition, offset) {
@@ -448,44 +501,24 @@ impl Engine {
             .ok_or(EngineError::NotAssigned(partition))?;
         state.next_offset = Some(offset + 1);
         state.offset_dirty = true;
-        let max_seen = state.clock.max_event_time;
-        let max_jump = self.config.max_time_jump_ms;
-        let record = record.and_then(|e| {
-            if e.customer_id.len() > MAX_ID_BYTES || e.event_id.len() > MAX_ID_BYTES {
-                Err(DecodeError::InvalidField {
-                    field: "customer_id",
-                    reason: format!(
-                        "customer_id and event_id must be at most {MAX_ID_BYTES} bytes"
-                    ),
-                })
-            } else if max_seen.is_some_and(|m| e.occurred_at.saturating_sub(m) > max_jump) {
-                // One record with a wild clock would otherwise jump event time
-                // (and close every window in between) for the whole partition.
-                Err(DecodeError::InvalidField {
-                    field: "occurred_at",
-                    reason: format!(
-                        "{} is more than {} days after the latest event time of the partition",
-                        crate::time::format_rfc3339(e.occurred_at),
-                        max_jump / crate::time::DAY_MS
-                    ),
-                })
-            } else {
-                Ok(e)
-            }
-        });
-        match record {
-            Err(e) => {
-                self.counters.entry(partition).or_default().dead_letters += 1;
-                out.dead_letters.push(DeadLetter {
-                    partition,
-                    offset,
-                    kind: e.kind(),
-                    reason: e.to_string(),
-                });
+        let rejection = match &record {
+            Err(_) => None,
+            Ok(e) => self.validate(e),
+        };
+        match (record, rejection) {
+            (Err(e), _) => {
+                self.dead_letter(partition, offset, &e, raw(None), out);
                 Ok(())
             }
-            Ok(event) => {
-                self.apply(partition, &event, out)?;
+            (Ok(event), Some(e)) => {
+                self.dead_letter(partition, offset, &e, raw(Some(&event)), out);
+                Ok(())
+            }
+            (Ok(event), None) => {
+                if let Some(e) = self.apply(partition, &event, out)? {
+                    self.dead_letter(partition, offset, &e, raw(Some(&event)), out);
+                    return Ok(());
+                }
                 if self.config.live_watermark {
                     self.observe_time(partition, event.occurred_at, out)?;
                 } else {
@@ -496,18 +529,106 @@ impl Engine {
         }
     }
 
+    /// Checks a decoded event against what the engine knows (id lengths,
+    /// the wall clock); `Some` is why it is a dead letter.
+    fn validate(&self, e: &InteractionEvent) -> Option<DecodeError> {
+        if e.customer_id.len() > MAX_ID_BYTES || e.event_id.len() > MAX_ID_BYTES {
+            return Some(DecodeError::InvalidField {
+                field: "customer_id",
+                reason: format!("customer_id and event_id must be at most {MAX_ID_BYTES} bytes"),
+            });
+        }
+        let skew = self.config.max_future_skew_ms;
+        if let Some(now) = self.wall_clock {
+            if e.occurred_at.saturating_sub(now) > skew {
+                return Some(DecodeError::Time {
+                    kind: "future",
+                    reason: format!(
+                        "occurred_at {} is more than {} ms ahead of the wall clock ({})",
+                        crate::time::format_rfc3339(e.occurred_at),
+                        skew,
+                        crate::time::format_rfc3339(now)
+                    ),
+                });
+            }
+        }
+        None
+    }
+
+    /// The checks that need the customer's profile (loaded): an event far
+    /// older than the customer's own timeline would emit transitions dated
+    /// in the customer's past (a `reactivated` dated years back), and money
+    /// that would overflow the customer's revenue is not wrapped.
+    fn reject_for_customer(
+        &self,
+        partition: u32,
+        customer: &str,
+        event: &InteractionEvent,
+    ) -> Option<DecodeError> {
+        let profile = self
+            .partitions
+            .get(&partition)?
+            .cache
+            .get(customer)?
+            .profile
+            .as_ref()?;
+        let lateness = self.config.allowed_lateness_ms;
+        if let Some(last) = profile.last_event_at {
+            if event.occurred_at < last.saturating_sub(lateness) {
+                return Some(DecodeError::Time {
+                    kind: "too_late",
+                    reason: format!(
+                        "occurred_at {} is more than the allowed lateness ({} ms) before \
+                         the customer's latest event ({})",
+                        crate::time::format_rfc3339(event.occurred_at),
+                        lateness,
+                        crate::time::format_rfc3339(last)
+                    ),
+                });
+            }
+        }
+        fold::check_money(profile, event)
+            .err()
+            .map(DecodeError::Overflow)
+    }
+
+    /// Counts a dead letter and hands it out with its own record.
+    fn dead_letter(
+        &mut self,
+        partition: u32,
+        offset: i64,
+        e: &DecodeError,
+        record: RawInput,
+        out: &mut Outputs,
+    ) {
+        self.counters.entry(partition).or_default().dead_letters += 1;
+        out.dead_letters.push(DeadLetter {
+            partition,
+            offset,
+            kind: e.kind(),
+            reason: e.to_string(),
+            record,
+        });
+    }
+
+    /// Applies an event to its customer. `Some` is why the event was
+    /// rejected instead, before anything changed: it is older than the
+    /// customer's timeline allows, or it would overflow a sum of money.
     fn apply(
         &mut self,
         partition: u32,
         event: &InteractionEvent,
         out: &mut Outputs,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<DecodeError>, EngineError> {
         let hash = xxh3_64(event.event_id.as_bytes());
         let customer = event.customer_id.as_str();
         self.load(partition, customer)?;
         if self.is_duplicate(partition, customer, hash)? {
             self.counters.entry(partition).or_default().duplicates += 1;
-            return Ok(());
+            return Ok(None);
+        }
+        if let Some(e) = self.reject_for_customer(partition, customer, event) {
+            return Ok(Some(e));
         }
         let ty = EventType::parse(&event.event_type);
         let lateness_wm = self
@@ -523,7 +644,7 @@ impl Engine {
             let state = self.state_mut(partition)?;
             state.aggregator.record_event(event.occurred_at);
             state.aggregator.record(&[], &corrections);
-            return Ok(());
+            return Ok(None);
         }
         if ty == EventType::Unknown {
             self.counters.entry(partition).or_default().unknown_types += 1;
@@ -573,7 +694,7 @@ impl Engine {
             remember(&mut entry.transitions, &scratch.transitions);
         }
         out.transitions.append(&mut scratch.transitions);
-        Ok(())
+        Ok(None)
     }
 
     fn state_mut(&mut self, partition: u32) -> Result<&mut PartitionState, EngineError> {
@@ -693,11 +814,12 @@ impl Engine {
         Ok(corrections)
     }
 
-    /// Records event time without moving the watermark (bounded replays).
+    /// Records event time without moving the watermark (bounded replays);
+    /// a far jump is held until confirmed (see [`Clock::observe`]).
     fn note_time(&mut self, partition: u32, t: i64) {
+        let max_jump = self.config.max_time_jump_ms;
         if let Some(state) = self.partitions.get_mut(&partition) {
-            if state.clock.max_event_time.is_none_or(|m| t > m) {
-                state.clock.max_event_time = Some(t);
+            if state.clock.observe(t, max_jump) {
                 state.clock_dirty = true;
             }
         }
@@ -1010,11 +1132,10 @@ impl Engine {
                 evict(state, per_partition - per_partition / 4, &config);
             }
             if state.clock_dirty {
-                let clock =
-                    postcard::to_stdvec(&state.clock).map_err(|e| EngineError::Corrupt {
-                        partition,
-                        reason: format!("clock: {e}"),
-                    })?;
+                let clock = state.clock.encode().map_err(|e| EngineError::Corrupt {
+                    partition,
+                    reason: format!("clock: {e}"),
+                })?;
                 batch.put_meta(partition, META_CLOCK, &clock);
                 record(changelog::meta_key(META_CLOCK), Some(clock));
                 state.clock_dirty = false;
@@ -1042,6 +1163,11 @@ impl Engine {
     /// The second half of a commit: writes a batch from
     /// [`Engine::prepare_commit`] (with the driver's own writes added).
     pub fn write_commit(&mut self, batch: Batch) -> Result<(), EngineError> {
+        if crate::faults::state_write_fails() {
+            return Err(EngineError::State(StateError::Corrupt(
+                "injected state write failure (fault injection)".into(),
+            )));
+        }
         self.store.write(batch)?;
         self.steps += 1;
         Ok(())
@@ -1065,13 +1191,18 @@ pub fn deadline(p: &Profile, config: &EngineConfig) -> Option<i64> {
     fold::next_deadline(p, &config.rules).or_else(|| expiry_deadline(p, config))
 }
 
-/// When a churned profile expires (expiry on).
+/// When a churned or never-active profile expires (expiry on).
+///
+/// A customer who was never active (impressions only, company-initiated
+/// messages, unknown event types) has no activity timer and would never
+/// churn; such a profile expires the same time after its last event.
 fn expiry_deadline(p: &Profile, config: &EngineConfig) -> Option<i64> {
     let after = config.expire_churned_after_ms?;
-    if p.activity != Some(crate::model::Activity::Churned) {
-        return None;
+    match (p.activity, p.last_activity_at) {
+        (Some(crate::model::Activity::Churned), Some(last)) => Some(last.saturating_add(after)),
+        (None, None) => Some(p.last_event_at?.saturating_add(after)),
+        _ => None,
     }
-    Some(p.last_activity_at?.saturating_add(after))
 }
 
 /// Shrinks a partition's cache (all clean, right after a commit) to `keep`
@@ -1160,6 +1291,10 @@ pub fn decode_stored_profile(bytes: &[u8]) -> Result<StoredProfile, String> {
         None => Err("empty profile value".into()),
     }
 }
+
+mod clock;
+
+pub use clock::Clock;
 
 #[cfg(test)]
 mod tests;

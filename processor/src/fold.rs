@@ -54,6 +54,28 @@ pub fn transition_id(customer_id: &str, seq: u64) -> String {
     out
 }
 
+/// Checks that applying `e` keeps every sum of money of the profile in
+/// range (checked arithmetic): `Err` says which sum would overflow, and the
+/// event must then not be applied.
+pub fn check_money(p: &Profile, e: &InteractionEvent) -> Result<(), String> {
+    if EventType::parse(&e.event_type) != EventType::OrderCompleted {
+        return Ok(());
+    }
+    let amount = e.amount_minor.unwrap_or(0);
+    if amount <= 0 {
+        return Ok(());
+    }
+    let currency = e.currency.as_deref().unwrap_or(NO_CURRENCY);
+    let net = p.net_revenue.get(currency).copied().unwrap_or(0);
+    match net.checked_add(amount) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "the customer's net revenue in {currency} ({net}) plus amount_minor {amount} \
+             exceeds the largest amount (i64)"
+        )),
+    }
+}
+
 /// Applies one event: first fires the customer's deadlines earlier than the
 /// event time (so the timeline is exact whatever else advanced event time),
 /// then updates the facts and both dimensions.
@@ -352,7 +374,10 @@ fn complete_order(p: &mut Profile, e: &InteractionEvent, r: &Rules, out: &mut Fo
     }
     p.order_count += 1;
     p.first_order_at = Some(p.first_order_at.map_or(t, |f| f.min(t)));
-    *p.net_revenue.entry(currency.clone()).or_insert(0) += amount;
+    // check_money rejects an event that would overflow; saturating keeps the
+    // fold total (no panic, no wrap) for a caller that did not check.
+    let net = p.net_revenue.entry(currency.clone()).or_insert(0);
+    *net = net.saturating_add(amount);
     push(
         out,
         t,
@@ -401,7 +426,8 @@ fn compensate(p: &mut Profile, e: &InteractionEvent, ty: EventType, out: &mut Fo
         order.void = true;
     }
     if take > 0 {
-        *p.net_revenue.entry(currency.clone()).or_insert(0) -= take;
+        let net = p.net_revenue.entry(currency.clone()).or_insert(0);
+        *net = net.saturating_sub(take);
         push(
             out,
             t,

@@ -11,13 +11,21 @@
 //!   the recent cohort cells, from the instance that runs the merge stage
 //!   (others redirect to it).
 //! - `GET /instances`: the directory as this instance reads it.
+//!
+//! Exposure: these three serve customer data. With `processor.http_token`
+//! set they need `Authorization: Bearer <token>`; without one they answer
+//! only when the endpoint is bound to a loopback address, and `403`
+//! otherwise. `/metrics`, `/healthz` and `/readyz` stay open for scrapers
+//! and probes. A redirect goes only to a well-formed `http(s)://host:port`
+//! of an instance in the directory, never to an address with a path,
+//! credentials or a query.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -46,6 +54,90 @@ pub struct AppState {
     pub partitions: u32,
     /// The group's instances, when instances publish their address.
     pub directory: Option<Directory>,
+    /// Who may read customer data (see the module doc).
+    pub access: Access,
+}
+
+/// Who may read the customer-data routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone who can connect (the endpoint is bound to loopback).
+    Local,
+    /// Requests with `Authorization: Bearer <token>`.
+    Token(String),
+    /// Nobody: bound beyond loopback without a token.
+    Closed,
+}
+
+impl Access {
+    /// The access rule for a token (if any) and the bound address.
+    pub fn new(token: &str, bound: SocketAddr) -> Access {
+        if !token.is_empty() {
+            Access::Token(token.to_string())
+        } else if bound.ip().is_loopback() {
+            Access::Local
+        } else {
+            Access::Closed
+        }
+    }
+
+    /// `Err` is the response to a request that may not read customer data.
+    fn check(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
+        match self {
+            Access::Local => Ok(()),
+            Access::Closed => Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "the read API is off: the endpoint listens beyond loopback and \
+                 processor.http_token is not set",
+            ))),
+            Access::Token(want) => {
+                let given = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or_default();
+                if constant_time_eq(given.as_bytes(), want.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(Box::new(
+                        (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer")],
+                            Json(json!({ "error": "a valid bearer token is required" })),
+                        )
+                            .into_response(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Compares two byte strings in time that does not depend on where they
+/// differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether an instance address from the directory may be a redirect
+/// target: `http(s)://host[:port]`, nothing else.
+pub fn valid_owner_address(owner: &str) -> bool {
+    match reqwest::Url::parse(owner) {
+        Ok(u) => {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some_and(|h| !h.is_empty())
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && matches!(u.path(), "" | "/")
+                && !owner.ends_with('/')
+        }
+        Err(_) => false,
+    }
 }
 
 /// The routes.
@@ -82,6 +174,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// `307` to `owner` + `path`, with a JSON body naming the owner.
 fn redirect(owner: &str, path: &str, partition: Option<u32>) -> Response {
+    if !valid_owner_address(owner) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the owner's published address is not a valid instance address",
+        );
+    }
     let location = format!("{owner}{path}");
     (
         StatusCode::TEMPORARY_REDIRECT,
@@ -102,7 +200,14 @@ pub fn valid_customer_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= crate::engine::MAX_ID_BYTES && !id.chars().any(char::is_control)
 }
 
-async fn customer(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+async fn customer(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = s.access.check(&headers) {
+        return *r;
+    }
     if !valid_customer_id(&id) {
         return error(StatusCode::BAD_REQUEST, "malformed customer id");
     }
@@ -179,7 +284,10 @@ async fn customer(State(s): State<AppState>, Path(id): Path<String>) -> Response
     }
 }
 
-async fn latest_aggregates(State(s): State<AppState>) -> Response {
+async fn latest_aggregates(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.access.check(&headers) {
+        return *r;
+    }
     if !s.metrics.merge_owner.load(Ordering::Relaxed) {
         return match s.directory.as_ref().and_then(Directory::merge_owner) {
             Some(owner) => redirect(&owner, "/aggregates/latest", None),
@@ -199,7 +307,10 @@ async fn latest_aggregates(State(s): State<AppState>) -> Response {
     Json(json!({ "aggregates": aggregates, "cohorts": cohorts })).into_response()
 }
 
-async fn instances(State(s): State<AppState>) -> Response {
+async fn instances(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.access.check(&headers) {
+        return *r;
+    }
     let all = s.directory.as_ref().map(Directory::all).unwrap_or_default();
     Json(json!({ "instances": all })).into_response()
 }
@@ -217,14 +328,34 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The address to bind: a bare port (`9464` or `:9464`) means loopback
+/// (`127.0.0.1:9464`); anything else is taken as given.
+pub fn listen_address(addr: &str) -> String {
+    let port = addr.strip_prefix(':').unwrap_or(addr);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{port}")
+    } else {
+        addr.to_string()
+    }
+}
+
 /// Serves on `addr` from a background thread; returns the bound address.
-pub fn spawn(addr: &str, state: AppState) -> anyhow::Result<SocketAddr> {
+/// `access(bound)` gives the read API's access rule once the address is known.
+pub fn spawn(
+    addr: &str,
+    mut state: AppState,
+    access: impl FnOnce(SocketAddr) -> Access,
+) -> anyhow::Result<SocketAddr> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(listen_address(addr)))?;
     let local = listener.local_addr()?;
+    state.access = access(local);
+    if state.access == Access::Closed {
+        tracing::warn!(%local, "the read API is off: the HTTP endpoint listens beyond loopback and processor.http_token is not set (metrics and probes are served)");
+    }
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
@@ -241,6 +372,61 @@ pub fn spawn(addr: &str, state: AppState) -> anyhow::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_rules() {
+        let lo: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:9464".parse().unwrap();
+        assert_eq!(Access::new("", lo), Access::Local);
+        assert_eq!(Access::new("", any), Access::Closed);
+        assert_eq!(Access::new("s3cret", any), Access::Token("s3cret".into()));
+        let mut h = HeaderMap::new();
+        assert!(Access::Local.check(&h).is_ok());
+        assert_eq!(
+            Access::Closed.check(&h).unwrap_err().status(),
+            StatusCode::FORBIDDEN
+        );
+        let t = Access::Token("s3cret".into());
+        assert_eq!(t.check(&h).unwrap_err().status(), StatusCode::UNAUTHORIZED);
+        h.insert(header::AUTHORIZATION, "Bearer wrong".parse().unwrap());
+        assert_eq!(t.check(&h).unwrap_err().status(), StatusCode::UNAUTHORIZED);
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(t.check(&h).is_ok());
+    }
+
+    #[test]
+    fn only_plain_instance_addresses_are_redirect_targets() {
+        for ok in [
+            "http://siklus-1:9464",
+            "https://10.0.0.5:443",
+            "http://127.0.0.1:1",
+        ] {
+            assert!(valid_owner_address(ok), "{ok}");
+        }
+        for bad in [
+            "http://evil.example/steal?x=",
+            "http://user:pw@host:1",
+            "javascript:alert(1)",
+            "ftp://host:21",
+            "http://host:1/",
+            "http://host:1/path",
+            "",
+            "http://host:1#frag",
+        ] {
+            assert!(!valid_owner_address(bad), "{bad}");
+        }
+        let r = redirect("http://evil.example/x?", "/customers/a", Some(1));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().get(header::LOCATION).is_none());
+    }
+
+    #[test]
+    fn a_bare_port_binds_loopback() {
+        assert_eq!(listen_address("9464"), "127.0.0.1:9464");
+        assert_eq!(listen_address(":9464"), "127.0.0.1:9464");
+        assert_eq!(listen_address("0.0.0.0:9464"), "0.0.0.0:9464");
+        assert_eq!(listen_address("[::1]:9464"), "[::1]:9464");
+    }
 
     #[test]
     fn ids_and_paths() {

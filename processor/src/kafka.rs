@@ -39,10 +39,13 @@ use tracing::{debug, info, warn};
 use crate::aggregate::{Aggregate, CohortCell, Merger, Partial};
 use crate::changelog::{ChangeRecord, INPUT_OFFSET_HEADER, META_CHANGELOG_NEXT};
 use crate::codec::registry::{value_subject, RegistryClient};
-use crate::codec::{DecodeError, Decoder, OutputFormat, TransitionEncoder, STAGE_TRANSITION_AVSC};
-use crate::config::{Config, Guarantee};
-use crate::engine::{Engine, EngineError, Outputs};
+use crate::codec::{
+    self, DecodeError, Decoder, OutputFormat, TransitionEncoder, STAGE_TRANSITION_AVSC,
+};
+use crate::config::{Config, Guarantee, ProductionErrorPolicy};
+use crate::engine::{Engine, EngineError, Outputs, RawInput};
 use crate::metrics::Metrics;
+use crate::model::StageTransition;
 use crate::restore::Restores;
 
 /// How long start-up waits for an unreachable Schema Registry to register
@@ -121,9 +124,17 @@ fn update_figures(w: &mut Worker, consumer: &BaseConsumer<InputContext>, topic: 
         Ordering::Relaxed,
     );
     let restores_done = w.restores.as_ref().is_none_or(Restores::is_empty);
-    w.metrics
-        .ready
-        .store(w.restoring.is_empty() && restores_done, Ordering::Relaxed);
+    w.metrics.ready.store(
+        w.restoring.is_empty() && restores_done && w.failing_steps == 0,
+        Ordering::Relaxed,
+    );
+}
+
+/// The wait before the n-th retry in a row of a failed step: 100 ms,
+/// doubling, at most 10 s.
+fn step_retry_backoff(failures_in_a_row: u32) -> Duration {
+    let exp = failures_in_a_row.saturating_sub(1).min(7);
+    Duration::from_millis(100u64 << exp).min(Duration::from_secs(10))
 }
 
 /// How a run ends.
@@ -214,6 +225,46 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     c
 }
 
+/// A topic siklus needs, as [`topic_specs`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// The topic's name.
+    pub name: String,
+    /// Its partition count.
+    pub partitions: i32,
+    /// Whether it is compacted (keyed upserts: the last value per key counts).
+    pub compacted: bool,
+}
+
+/// Every topic a run with this configuration needs, given the input's
+/// partition count: the one list that [`ensure_topics`] creates on a broker
+/// and the demo creates on its in-process cluster (which cannot create
+/// topics itself).
+pub fn topic_specs(cfg: &Config, parts: i32) -> Vec<TopicSpec> {
+    let spec = |name: String, partitions: i32, compacted: bool| TopicSpec {
+        name,
+        partitions,
+        compacted,
+    };
+    let mut wanted = vec![
+        spec(cfg.topics.input.clone(), parts, false),
+        spec(cfg.topics.transitions.clone(), parts, false),
+        spec(cfg.topics.dlq.clone(), 1, false),
+        spec(cfg.topics.aggregates.clone(), 1, true),
+        spec(cfg.topics.cohorts.clone(), 1, true),
+        // One partition: the merge stage sees every partition's partials in order.
+        spec(cfg.partials_topic(), 1, false),
+        spec(cfg.instances_topic(), 1, true),
+    ];
+    if !cfg.topics.segment.is_empty() {
+        wanted.push(spec(cfg.topics.segment.clone(), parts, false));
+    }
+    if cfg.processor.changelog {
+        wanted.push(spec(cfg.changelog_topic(), parts, true));
+    }
+    wanted
+}
+
 /// Creates the topics siklus needs when they do not exist (the input topic
 /// too, with `processor.topic_partitions`). Returns the input's partition count.
 pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
@@ -237,20 +288,6 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
         .copied()
         .unwrap_or(cfg.processor.topic_partitions);
     let rf = cfg.processor.replication_factor;
-    let partials = cfg.partials_topic();
-    let mut wanted: Vec<(String, i32, bool)> = vec![
-        (cfg.topics.input.clone(), parts, false),
-        (cfg.topics.transitions.clone(), parts, false),
-        (cfg.topics.dlq.clone(), 1, false),
-        (cfg.topics.aggregates.clone(), 1, true),
-        (cfg.topics.cohorts.clone(), 1, true),
-        // One partition: the merge stage sees every partition's partials in order.
-        (partials, 1, false),
-        (cfg.instances_topic(), 1, true),
-    ];
-    if !cfg.topics.segment.is_empty() {
-        wanted.push((cfg.topics.segment.clone(), parts, false));
-    }
     if cfg.processor.changelog {
         let changelog = cfg.changelog_topic();
         if let Some(n) = existing.get(&changelog) {
@@ -261,14 +298,14 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
                 );
             }
         }
-        wanted.push((changelog, parts, true));
     }
+    let wanted = topic_specs(cfg, parts);
     let new: Vec<NewTopic> = wanted
         .iter()
-        .filter(|(n, _, _)| !existing.contains_key(n))
-        .map(|(n, p, compact)| {
-            let t = NewTopic::new(n, *p, TopicReplication::Fixed(rf));
-            if *compact {
+        .filter(|t| !existing.contains_key(&t.name))
+        .map(|spec| {
+            let t = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(rf));
+            if spec.compacted {
                 t.set("cleanup.policy", "compact")
             } else {
                 t
@@ -302,7 +339,7 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
                 .filter(|t| t.error().is_none() && !t.partitions().is_empty())
                 .map(|t| t.name().to_string())
                 .collect();
-            if wanted.iter().all(|(n, _, _)| have.contains(n)) {
+            if wanted.iter().all(|t| have.contains(&t.name)) {
                 break;
             }
             if Instant::now() > deadline {
@@ -318,6 +355,16 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
 pub struct DeliveryContext {
     failures: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Failures no retry can cure (see [`is_permanent`]) under the `fail`
+    /// policy: the flush that sees one stops the instance.
+    permanent: AtomicU64,
+    /// Records skipped under the `skip` policy, since start.
+    skipped: AtomicU64,
+    /// `processor.production_error_policy = "skip"`.
+    skip_permanent: bool,
+    /// Topics whose records are never skipped (the changelog and the
+    /// partials: skipping one would corrupt a restore or the aggregates).
+    never_skip: Vec<String>,
     /// A topic whose records are best effort (the instances directory):
     /// their failures are logged, never fail a step.
     best_effort_topic: String,
@@ -328,10 +375,32 @@ pub struct DeliveryContext {
 }
 
 impl DeliveryContext {
+    /// Counts a record that was not delivered (at send or in its delivery
+    /// report), by the production error policy.
+    fn failed(&self, topic: &str, e: &KafkaError) {
+        if is_permanent(e) {
+            if self.skip_permanent && !self.never_skip.iter().any(|t| t == topic) {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                warn!(%topic, error = %e, "output record skipped: the broker can never accept it (production_error_policy = \"skip\")");
+                return;
+            }
+            self.permanent.fetch_add(1, Ordering::Relaxed);
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let mut first = lock(&self.first_error);
+        if first.is_none() {
+            *first = Some(format!("{topic}: {e}"));
+        }
+    }
+
     fn new(cfg: &Config) -> Self {
         DeliveryContext {
             failures: AtomicU64::new(0),
             first_error: Mutex::new(None),
+            permanent: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            skip_permanent: cfg.processor.production_error_policy == ProductionErrorPolicy::Skip,
+            never_skip: vec![cfg.changelog_topic(), cfg.partials_topic()],
             best_effort_topic: cfg.instances_topic(),
             changelog_topic: cfg.changelog_topic(),
             changelog_next: Mutex::new(BTreeMap::new()),
@@ -356,17 +425,37 @@ impl ProducerContext for DeliveryContext {
                 debug!(error = %e, "instance record not delivered");
                 return;
             }
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            let mut first = lock(&self.first_error);
-            if first.is_none() {
-                *first = Some(e.to_string());
-            }
+            self.failed(m.topic(), e);
         }
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a produce error is one no retry can cure: the record is larger
+/// than the broker or the client accepts, or the instance may not write the
+/// topic.
+pub fn is_permanent(e: &KafkaError) -> bool {
+    let code = match e {
+        KafkaError::MessageProduction(c) => *c,
+        _ => match e.rdkafka_error_code() {
+            Some(c) => c,
+            None => return false,
+        },
+    };
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::InvalidTopic
+    )
 }
 
 /// Whether a transactional producer error is fatal (the producer is fenced
@@ -396,14 +485,59 @@ fn txn_call(what: &str, mut f: impl FnMut() -> Result<(), KafkaError>) -> anyhow
     }
 }
 
-/// The original key and value of a record, for the dead-letter topic.
-pub type RawKeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+/// The key, value and headers of a consumed record, for its dead letter.
+pub fn raw_input(m: &BorrowedMessage<'_>) -> RawInput {
+    RawInput {
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
 
-/// The original bytes of a record that goes to the dead-letter topic.
-struct RawRecord {
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
+/// Header of a dead letter whose value was cut to the size limit: the
+/// original value's length in bytes.
+pub const DLQ_TRUNCATED_HEADER: &str = "siklus.truncated";
+
+/// Header of every transition record: its dimension.
+pub const DIMENSION_HEADER: &str = "siklus.dimension";
+/// Header of every transition record: the stage it enters.
+pub const TO_STAGE_HEADER: &str = "siklus.to_stage";
+/// Header of every transition record: the rule that fired.
+pub const RULE_HEADER: &str = "siklus.rule";
+/// Header of every transition record: its deterministic id.
+pub const TRANSITION_ID_HEADER: &str = "siklus.transition_id";
+
+/// The routing headers of a transition record.
+pub fn transition_headers(t: &StageTransition) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: DIMENSION_HEADER,
+            value: Some(t.dimension.as_str().as_bytes()),
+        })
+        .insert(Header {
+            key: TO_STAGE_HEADER,
+            value: Some(t.to_stage.as_bytes()),
+        })
+        .insert(Header {
+            key: RULE_HEADER,
+            value: Some(t.rule.as_bytes()),
+        })
+        .insert(Header {
+            key: TRANSITION_ID_HEADER,
+            value: Some(t.transition_id.as_bytes()),
+        })
+}
+
+/// Whether `outputs.transition_stages` lets a stage through (empty: all).
+pub fn stage_selected(stages: &[String], stage: &str) -> bool {
+    stages.is_empty() || stages.iter().any(|s| s == stage)
 }
 
 /// A producer error that no retry or abort can cure (fenced by a newer
@@ -411,6 +545,19 @@ struct RawRecord {
 #[derive(Debug, thiserror::Error)]
 #[error("fatal producer error: {0}")]
 pub struct FatalProducerError(pub String);
+
+/// The state of a step could not be written (a disk error): the instance
+/// must stop without committing anything more.
+#[derive(Debug, thiserror::Error)]
+#[error("the state write failed, stopping without committing: {0}")]
+pub struct StateWriteFailed(pub String);
+
+/// Whether a step error must stop the instance: a fatal producer error (a
+/// fenced instance) or a failed state write. Any other error aborts the
+/// step, which is redone from the stored offsets.
+pub fn is_fatal_step_error(e: &anyhow::Error) -> bool {
+    e.is::<FatalProducerError>() || e.is::<StateWriteFailed>()
+}
 
 /// Sends outputs and waits for their acknowledgement.
 pub struct OutputSink {
@@ -424,12 +571,19 @@ pub struct OutputSink {
     transitions_topic: String,
     /// Segment-style audience events, when turned on.
     segment_topic: Option<String>,
+    /// `outputs.transition_stages`: the stages told to the segment topic
+    /// (empty: every stage).
+    segment_stages: Vec<String>,
     partials_topic: String,
     aggregates_topic: String,
     cohorts_topic: String,
     dlq_topic: String,
     input_topic: String,
     flush_timeout: Duration,
+    /// `processor.dlq_max_value_bytes`.
+    dlq_max_value_bytes: usize,
+    /// Dead letters whose value was cut to that size, since start.
+    dlq_truncated: AtomicU64,
 }
 
 impl OutputSink {
@@ -493,13 +647,31 @@ impl OutputSink {
             )?,
             transitions_topic: cfg.topics.transitions.clone(),
             segment_topic: (!cfg.topics.segment.is_empty()).then(|| cfg.topics.segment.clone()),
+            segment_stages: cfg.outputs.transition_stages.clone(),
             partials_topic: cfg.partials_topic(),
             aggregates_topic: cfg.topics.aggregates.clone(),
             cohorts_topic: cfg.topics.cohorts.clone(),
             dlq_topic: cfg.topics.dlq.clone(),
             input_topic: cfg.topics.input.clone(),
+            dlq_max_value_bytes: cfg.processor.dlq_max_value_bytes,
+            dlq_truncated: AtomicU64::new(0),
             flush_timeout: Duration::from_secs(60),
         })
+    }
+
+    /// Dead letters whose value was cut to `processor.dlq_max_value_bytes`
+    /// since start.
+    pub fn truncated_dead_letters(&self) -> u64 {
+        self.dlq_truncated.load(Ordering::Relaxed)
+    }
+
+    /// Records skipped by the production error policy since start.
+    pub fn skipped_records(&self) -> u64 {
+        self.producer.context().skipped.load(Ordering::Relaxed)
+            + self
+                .side
+                .as_ref()
+                .map_or(0, |s| s.context().skipped.load(Ordering::Relaxed))
     }
 
     /// Whether step outputs go out in transactions.
@@ -523,6 +695,21 @@ impl OutputSink {
         headers: Option<OwnedHeaders>,
     ) {
         self.produce(&self.producer, topic, None, key, payload, headers);
+    }
+
+    /// Sends a transition: keyed by its customer, stamped with its event
+    /// time, with the routing headers, so a consumer can filter on
+    /// `(dimension, to_stage)` without decoding the value.
+    fn send_transition(&self, t: &StageTransition, payload: &[u8]) {
+        let h = transition_headers(t);
+        let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.transitions_topic)
+            .key(t.customer_id.as_bytes())
+            .payload(payload)
+            .headers(h);
+        if t.occurred_at >= 0 {
+            record = record.timestamp(t.occurred_at);
+        }
+        self.produce_record(&self.producer, record);
     }
 
     /// Sends a step's changelog records, each to the partition of its input
@@ -576,6 +763,17 @@ impl OutputSink {
         if let Some(h) = headers {
             record = record.headers(h);
         }
+        self.produce_record(producer, record);
+    }
+
+    /// Produces a built record, waiting on backpressure (QueueFull); any
+    /// other error is counted as a failed delivery.
+    fn produce_record<'a>(
+        &self,
+        producer: &ThreadedProducer<DeliveryContext>,
+        mut record: BaseRecord<'a, [u8], [u8], ()>,
+    ) {
+        let topic = record.topic;
         loop {
             match producer.send(record) {
                 Ok(()) => return,
@@ -584,11 +782,7 @@ impl OutputSink {
                     producer.poll(Duration::from_millis(10));
                 }
                 Err((e, _)) => {
-                    producer.context().failures.fetch_add(1, Ordering::Relaxed);
-                    let mut first = lock(&producer.context().first_error);
-                    if first.is_none() {
-                        *first = Some(format!("{topic}: {e}"));
-                    }
+                    producer.context().failed(topic, &e);
                     return;
                 }
             }
@@ -620,16 +814,15 @@ impl OutputSink {
         }
     }
 
-    fn send_outputs(&self, out: &Outputs, raw: &[RawRecord]) -> anyhow::Result<()> {
+    fn send_outputs(&self, out: &Outputs) -> anyhow::Result<()> {
         for t in &out.transitions {
             let payload = self.encoder.encode(t)?;
-            self.send(
-                &self.transitions_topic,
-                t.customer_id.as_bytes(),
-                &payload,
-                None,
-            );
-            if let Some(topic) = &self.segment_topic {
+            self.send_transition(t, &payload);
+            if let Some(topic) = self
+                .segment_topic
+                .as_ref()
+                .filter(|_| stage_selected(&self.segment_stages, &t.to_stage))
+            {
                 for e in crate::segment::audience_events(t) {
                     self.send(topic, t.customer_id.as_bytes(), &e.to_json(), None);
                 }
@@ -638,7 +831,8 @@ impl OutputSink {
         for p in &out.partials {
             self.send(&self.partials_topic, p.key().as_bytes(), &p.encode(), None);
         }
-        for (dl, r) in out.dead_letters.iter().zip(raw) {
+        for dl in &out.dead_letters {
+            let r = &dl.record;
             let mut h = OwnedHeaders::new();
             for (k, v) in &r.headers {
                 h = h.insert(Header {
@@ -669,12 +863,18 @@ impl OutputSink {
                     key: "siklus.source.offset",
                     value: Some(off.as_bytes()),
                 });
-            self.send_record(
-                &self.dlq_topic,
-                r.key.as_deref(),
-                r.payload.as_deref(),
-                Some(h),
-            );
+            let mut payload = r.payload.as_deref();
+            if let Some(p) = payload.filter(|p| p.len() > self.dlq_max_value_bytes) {
+                // A value the broker would refuse: keep its head, and say so.
+                let len = p.len().to_string();
+                h = h.insert(Header {
+                    key: DLQ_TRUNCATED_HEADER,
+                    value: Some(len.as_bytes()),
+                });
+                payload = Some(&p[..self.dlq_max_value_bytes]);
+                self.dlq_truncated.fetch_add(1, Ordering::Relaxed);
+            }
+            self.send_record(&self.dlq_topic, r.key.as_deref(), payload, Some(h));
         }
         Ok(())
     }
@@ -708,19 +908,10 @@ impl OutputSink {
     pub fn send_replay(
         &self,
         out: &Outputs,
-        raw: &[RawKeyValue],
         aggs: &[Aggregate],
         cells: &[CohortCell],
     ) -> anyhow::Result<()> {
-        let raw: Vec<RawRecord> = raw
-            .iter()
-            .map(|(key, payload)| RawRecord {
-                key: key.clone(),
-                payload: payload.clone(),
-                headers: Vec::new(),
-            })
-            .collect();
-        self.send_outputs(out, &raw)?;
+        self.send_outputs(out)?;
         self.send_aggregates(aggs, cells)?;
         self.flush()?;
         self.flush_side()
@@ -750,7 +941,16 @@ impl OutputSink {
     ) -> anyhow::Result<()> {
         let flushed = producer.flush(timeout);
         let failures = producer.context().failures.swap(0, Ordering::Relaxed);
+        let permanent = producer.context().permanent.swap(0, Ordering::Relaxed);
         let first = lock(&producer.context().first_error).take();
+        if permanent > 0 {
+            return Err(FatalProducerError(format!(
+                "{permanent} output records can never be accepted by the broker (first: {}); \
+                 stopping (processor.production_error_policy = \"fail\"; \"skip\" skips such records)",
+                first.unwrap_or_default()
+            ))
+            .into());
+        }
         if let Err(e) = flushed {
             bail!("output flush failed: {e}");
         }
@@ -769,8 +969,15 @@ struct Worker {
     engine: Engine,
     sink: Arc<OutputSink>,
     out: Outputs,
-    raw: Vec<RawRecord>,
     input_topic: String,
+    /// A step was discarded inside a rebalance callback (its delivery
+    /// failed during a revoke): the partitions this instance keeps were
+    /// rolled back to their stored offsets, but the consumer's positions
+    /// were not. The poll loop seeks them back before it applies anything.
+    needs_rewind: bool,
+    /// Steps failed in a row (outputs not delivered): not ready meanwhile,
+    /// and each retry waits longer.
+    failing_steps: u32,
     /// Last watermark announced per partition to the merge stage.
     announced: BTreeMap<u32, i64>,
     metrics: Arc<Metrics>,
@@ -834,14 +1041,14 @@ impl Worker {
         let delivered = if self.sink.transactional() {
             self.deliver_transaction(&log, consumer)
         } else {
-            self.sink.send_outputs(&self.out, &self.raw).and_then(|()| {
+            self.sink.send_outputs(&self.out).and_then(|()| {
                 self.sink.send_changelog(&log);
                 self.sink
                     .flush_within(&self.sink.producer, self.delivery_budget())
             })
         };
         if let Err(e) = delivered {
-            if !e.is::<FatalProducerError>() {
+            if !is_fatal_step_error(&e) {
                 // Nothing of the step is written: it is redone from the stored offsets.
                 self.discard_step()?;
             }
@@ -851,6 +1058,12 @@ impl Worker {
             batch.put_meta(p as u32, META_CHANGELOG_NEXT, &next.to_be_bytes());
         }
         self.metrics.count_transitions(&self.out.transitions);
+        self.metrics
+            .production_skipped
+            .store(self.sink.skipped_records(), Ordering::Relaxed);
+        self.metrics
+            .dead_letters_truncated
+            .store(self.sink.truncated_dead_letters(), Ordering::Relaxed);
         self.steps += 1;
         if self.abort_after_steps.is_some_and(|n| self.steps >= n) {
             tracing::error!(
@@ -860,8 +1073,14 @@ impl Worker {
             std::process::abort();
         }
         self.out.clear();
-        self.raw.clear();
-        self.engine.write_commit(batch)?;
+        // A failed state write is fatal (fail-stop, as Kafka Streams does):
+        // the step's outputs are out but its state and offsets are not, and
+        // the engine's memory already counts the step as written. Stopping
+        // here commits nothing; the restarted instance redoes the step from
+        // the stored offsets, with the same transition ids.
+        if let Err(e) = self.engine.write_commit(batch) {
+            return Err(StateWriteFailed(e.to_string()).into());
+        }
         self.commit_offsets(consumer, CommitMode::Async)
     }
 
@@ -878,7 +1097,6 @@ impl Worker {
     /// redone from the stored offsets.
     fn discard_step(&mut self) -> anyhow::Result<()> {
         self.out.clear();
-        self.raw.clear();
         self.announced.clear();
         self.sink.take_changelog_positions();
         self.engine.rollback()?;
@@ -908,7 +1126,7 @@ impl Worker {
         let producer = &self.sink.producer;
         let timeout = self.delivery_budget();
         txn_call("begin", || producer.begin_transaction())?;
-        let sent = self.sink.send_outputs(&self.out, &self.raw);
+        let sent = self.sink.send_outputs(&self.out);
         self.sink.send_changelog(log);
         let offsets = self.next_offsets()?;
         let result = sent.and_then(|()| {
@@ -1097,7 +1315,13 @@ impl ConsumerContext for InputContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut w = lock(&self.worker);
                 w.revoke_budget = Some(w.revoke_timeout);
-                let committed = w.commit_step(consumer);
+                let committed = if crate::faults::revoke_delivery_fails() {
+                    // As a delivery that timed out: the step is discarded.
+                    w.discard_step()
+                        .and_then(|()| Err(anyhow!("injected delivery failure during a revoke")))
+                } else {
+                    w.commit_step(consumer)
+                };
                 w.revoke_budget = None;
                 match committed {
                     Ok(()) => {
@@ -1106,10 +1330,14 @@ impl ConsumerContext for InputContext {
                         let _ = w.commit_offsets(consumer, CommitMode::Sync);
                     }
                     Err(e) => {
-                        if e.is::<FatalProducerError>() {
+                        if is_fatal_step_error(&e) {
                             self.failed.store(true, Ordering::SeqCst);
                         }
                         // The partitions go uncommitted; their new owner redoes the step.
+                        // The step was rolled back for the kept partitions too: they
+                        // must be read again from their stored offsets.
+                        w.needs_rewind = true;
+                        w.metrics.failed_steps.fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "could not commit before revoke");
                     }
                 }
@@ -1236,6 +1464,36 @@ impl ConsumerContext for MergeContext {
     }
 }
 
+/// Puts the merge stage back to its stored state and position, after a
+/// failed merge step (nothing of it counts).
+fn reset_merge(
+    consumer: &BaseConsumer<MergeContext>,
+    state: &Arc<Mutex<Option<MergeState>>>,
+    rewind: i64,
+) {
+    let mut guard = lock(state);
+    if guard.is_none() {
+        return; // Not the merge owner.
+    }
+    let ctx = consumer.context();
+    let loaded = ctx.load().unwrap_or_else(|| MergeState {
+        merger: Merger::new(ctx.partitions),
+        next_offset: 0,
+        progress: BTreeMap::new(),
+    });
+    let off = start_offset(Some(loaded.next_offset), rewind);
+    *guard = Some(loaded);
+    drop(guard);
+    if let Ok(assigned) = consumer.assignment() {
+        for e in assigned.elements() {
+            if let Err(err) = consumer.seek(e.topic(), e.partition(), off, Duration::from_secs(10))
+            {
+                warn!(error = %err, "merge stage: seek back failed");
+            }
+        }
+    }
+}
+
 impl MergeContext {
     fn load(&self) -> Option<MergeState> {
         let bytes = self.store.global(MERGE_STATE).ok()??;
@@ -1274,7 +1532,9 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                 partitioner: cfg.processor.key_partitioner,
                 partitions: partitions as u32,
                 directory: Some(directory.clone()),
+                access: crate::http::Access::Closed,
             },
+            |bound| crate::http::Access::new(&cfg.processor.http_token, bound),
         )?;
         advertised = crate::instances::advertised_address(cfg, bound);
         if advertised.is_none() {
@@ -1295,8 +1555,9 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         engine,
         sink: sink.clone(),
         out: Outputs::default(),
-        raw: Vec::new(),
         input_topic: cfg.topics.input.clone(),
+        needs_rewind: false,
+        failing_steps: 0,
         announced: BTreeMap::new(),
         metrics: metrics.clone(),
         steps: 0,
@@ -1424,6 +1685,9 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             drive_restores(&mut w, &consumer, cfg)?;
             w.restores.as_ref().is_some_and(|r| !r.is_empty())
         };
+        lock(&worker)
+            .engine
+            .set_wall_clock(Some(crate::wall_clock_ms()));
         // One step: up to max_batch records (no waiting for input while a
         // restore has work to do).
         let mut n = 0usize;
@@ -1432,11 +1696,23 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
         } else {
             Duration::from_millis(100)
         };
-        while n < cfg.processor.max_batch {
+        let mut step_bytes = 0usize;
+        while n < cfg.processor.max_batch && step_bytes < cfg.processor.max_batch_bytes {
             let Some(msg) = consumer.poll(timeout) else {
                 break;
             };
             timeout = Duration::ZERO;
+            {
+                let mut w = lock(&worker);
+                if w.needs_rewind {
+                    // This record (and the rest of the kept partitions'
+                    // positions) lies past what the rolled-back state holds:
+                    // seek back and read it again.
+                    w.needs_rewind = false;
+                    w.rewind(&consumer, cfg.processor.resume_rewind);
+                    break;
+                }
+            }
             match msg {
                 Ok(m) => {
                     let mut w = lock(&worker);
@@ -1447,6 +1723,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                         break;
                     }
                     n += 1;
+                    step_bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
                     last_seen.insert(m.partition() as u32, Instant::now());
                 }
                 Err(e) => {
@@ -1494,13 +1771,32 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             }
             if n > 0 || last_commit.elapsed() >= commit_interval || ended {
                 let _step = (n > 0).then(|| tracing::info_span!("step", records = n).entered());
-                if let Err(e) = w.commit_step(&consumer) {
-                    if e.is::<FatalProducerError>() {
-                        return Err(e);
+                match w.commit_step(&consumer) {
+                    Ok(()) => w.failing_steps = 0,
+                    Err(e) if is_fatal_step_error(&e) => return Err(e),
+                    Err(e) => {
+                        w.failing_steps = w.failing_steps.saturating_add(1);
+                        let wait = step_retry_backoff(w.failing_steps);
+                        warn!(
+                            error = %e,
+                            failures_in_a_row = w.failing_steps,
+                            retry_in_ms = wait.as_millis() as u64,
+                            "step failed; redoing it from the stored offsets"
+                        );
+                        metrics.failed_steps.fetch_add(1, Ordering::Relaxed);
+                        metrics.ready.store(false, Ordering::Relaxed);
+                        w.rewind(&consumer, cfg.processor.resume_rewind);
+                        drop(w);
+                        // Back off (a broker outage, a full queue): the
+                        // consumer keeps its group membership meanwhile
+                        // (librdkafka polls in the background for up to
+                        // max.poll.interval.ms), and shutdown is honoured.
+                        let until = Instant::now() + wait;
+                        while Instant::now() < until && !opts.shutdown.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        w = lock(&worker);
                     }
-                    warn!(error = %e, "step failed; redoing it from the stored offsets");
-                    metrics.failed_steps.fetch_add(1, Ordering::Relaxed);
-                    w.rewind(&consumer, cfg.processor.resume_rewind);
                 }
                 last_commit = Instant::now();
             }
@@ -1532,17 +1828,32 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             summary.restore_secs = (w.restore_secs > 0.0).then_some(w.restore_secs);
         }
         if consumer.context().failed.load(Ordering::SeqCst) {
-            bail!("a partition's state could not be loaded");
+            bail!(
+                "stopping: a partition's state could not be loaded, or a step failed fatally \
+                 during a rebalance (see the error logged above)"
+            );
         }
         // The merge stage, when this instance owns it.
-        let (got, aggs, cells) = merge_step(
+        let (got, aggs, cells) = match merge_step(
             &merge_consumer,
             &merge_state,
             &store,
             &sink,
             idle_timeout,
             &metrics,
-        )?;
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                // Undelivered aggregates or an unwritten merge state (a
+                // broker outage): go back to what is stored and read the
+                // partials again; the windows close again, with the same
+                // content, once the broker is back.
+                warn!(error = %e, "merge step failed; redoing it from the stored merge state");
+                metrics.failed_steps.fetch_add(1, Ordering::Relaxed);
+                reset_merge(&merge_consumer, &merge_state, cfg.processor.resume_rewind);
+                (0, 0, 0)
+            }
+        };
         if got > 0 {
             last_merge_input = Instant::now();
         }
@@ -1632,7 +1943,18 @@ fn drive_restores(
         }
     }
     w.restores = Some(restores);
-    for done in result? {
+    let finished = match result {
+        Ok(f) => f,
+        Err(e) => {
+            // A broker outage (a watermark or offset fetch timing out): the
+            // partitions stay paused and not ready; the next loop retries.
+            w.metrics.consumer_errors.fetch_add(1, Ordering::Relaxed);
+            w.metrics.ready.store(false, Ordering::Relaxed);
+            warn!(error = %e, "restore step failed; retrying");
+            return Ok(());
+        }
+    };
+    for done in finished {
         w.restored_records += done.records;
         let p = done.partition;
         w.engine
@@ -1741,30 +2063,12 @@ fn handle_message(
     }
     let decoded = match m.payload() {
         None => Err(DecodeError::MissingField("value")),
-        Some(bytes) => decoder.decode(bytes).and_then(|e| match m.key() {
-            Some(k) if k != e.customer_id.as_bytes() => Err(DecodeError::InvalidField {
-                field: "customer_id",
-                reason: "does not match the record key (the key must be the customer_id)".into(),
-            }),
-            _ => Ok(e),
-        }),
+        Some(bytes) => codec::check_record_key(m.key(), decoder.decode(bytes)),
     };
-    if decoded.is_err() {
-        w.raw.push(RawRecord {
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            headers: m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
-    }
     let mut out = std::mem::take(&mut w.out);
-    let r = w.engine.process(partition, offset, decoded, &mut out);
+    let r = w
+        .engine
+        .process_raw(partition, offset, decoded, |_| raw_input(m), &mut out);
     w.out = out;
     match r {
         Ok(()) => Ok(true),

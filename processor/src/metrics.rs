@@ -110,6 +110,11 @@ pub struct Metrics {
     pub failed_steps: AtomicU64,
     /// Consumer errors.
     pub consumer_errors: AtomicU64,
+    /// Output records the broker can never accept (too large, not
+    /// authorised) that were skipped under `production_error_policy = "skip"`.
+    pub production_skipped: AtomicU64,
+    /// Dead letters whose original value was cut to fit the broker's limit.
+    pub dead_letters_truncated: AtomicU64,
     /// Schema Registry calls that failed (unreachable, 5xx) and were retried.
     pub registry_retries: AtomicU64,
     /// Input partitions assigned to this instance.
@@ -410,7 +415,7 @@ impl Metrics {
         }
         out.push(by_stage);
 
-        let scalars: [(&'static str, &'static str, Kind, f64); 10] = [
+        let scalars: [(&'static str, &'static str, Kind, f64); 12] = [
             (
                 "siklus_aggregates_out_total",
                 "Aggregates delivered by the merge stage",
@@ -434,6 +439,18 @@ impl Metrics {
                 "Consumer errors",
                 Counter,
                 self.consumer_errors.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "siklus_production_skipped_total",
+                "Output records the broker can never accept, skipped by the production error policy",
+                Counter,
+                self.production_skipped.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "siklus_dead_letters_truncated_total",
+                "Dead letters whose original value was cut to the size limit",
+                Counter,
+                self.dead_letters_truncated.load(Ordering::Relaxed) as f64,
             ),
             (
                 "siklus_schema_registry_retries_total",

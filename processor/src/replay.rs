@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +15,9 @@ use siklus_state::Store;
 use crate::aggregate::{Aggregate, CohortCell, Merger};
 use crate::codec::{self, DecodeError};
 use crate::config::Config;
-use crate::engine::{Counters, DeadLetter, Engine, Outputs};
+use crate::engine::{Counters, DeadLetter, Engine, Outputs, RawInput};
 use crate::model::InteractionEvent;
+use crate::topic_replay::Progress;
 
 /// How event time advances during a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
@@ -120,20 +122,19 @@ impl FileOutputs {
         })
     }
 
-    /// Writes a step's transitions and dead letters (with the raw input of each).
-    pub fn write_step(&mut self, out: &mut Outputs, raw: &mut Vec<String>) -> anyhow::Result<()> {
+    /// Writes a step's transitions and dead letters (each with its own input).
+    pub fn write_step(&mut self, out: &mut Outputs) -> anyhow::Result<()> {
         for t in &out.transitions {
             self.transitions.write_all(&codec::transition_json(t))?;
             self.transitions.write_all(b"\n")?;
         }
         self.summary.transitions += out.transitions.len() as u64;
-        for (dl, r) in out.dead_letters.iter().zip(raw.iter()) {
-            write_dead_letter(&mut self.dlq, dl, r)?;
+        for dl in &out.dead_letters {
+            write_dead_letter(&mut self.dlq, dl)?;
         }
         self.summary.dead_letters += out.dead_letters.len() as u64;
         out.transitions.clear();
         out.dead_letters.clear();
-        raw.clear();
         Ok(())
     }
 
@@ -179,7 +180,14 @@ impl FileOutputs {
     }
 }
 
-fn write_dead_letter(w: &mut impl Write, dl: &DeadLetter, raw: &str) -> anyhow::Result<()> {
+fn write_dead_letter(w: &mut impl Write, dl: &DeadLetter) -> anyhow::Result<()> {
+    let raw = dl
+        .record
+        .payload
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let raw: &str = &raw;
     #[derive(Serialize)]
     struct Line<'a> {
         line: i64,
@@ -200,31 +208,166 @@ fn write_dead_letter(w: &mut impl Write, dl: &DeadLetter, raw: &str) -> anyhow::
     Ok(())
 }
 
+/// How a file replay reports its progress on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressOptions {
+    /// A bar (on a terminal, with `auto`), JSON lines, or nothing.
+    pub mode: Progress,
+    /// Time between two JSON lines.
+    pub interval: Duration,
+}
+
+impl Default for ProgressOptions {
+    fn default() -> Self {
+        ProgressOptions {
+            mode: Progress::None,
+            interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The progress of a file replay: a bar over the input's bytes for people,
+/// or JSON lines for machines, each
+/// `{"records":N,"bytes":B,"total_bytes":T,"elapsed_s":S,"records_per_sec":R,"done":false}`
+/// every interval, and a last one with `"done":true`.
+pub struct FileProgress {
+    bar: Option<indicatif::ProgressBar>,
+    json: bool,
+    interval: Duration,
+    total_bytes: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl FileProgress {
+    /// A reporter for an input of `total_bytes`.
+    pub fn new(opts: ProgressOptions, total_bytes: u64) -> Self {
+        use std::io::IsTerminal as _;
+        let bar = match opts.mode {
+            Progress::Bar => true,
+            Progress::Auto => std::io::stderr().is_terminal(),
+            Progress::Json | Progress::None => false,
+        };
+        let bar = bar.then(|| {
+            let b = indicatif::ProgressBar::new(total_bytes);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes}  {binary_bytes_per_sec}  ETA {eta}  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        let now = Instant::now();
+        FileProgress {
+            bar,
+            json: opts.mode == Progress::Json,
+            interval: opts.interval,
+            total_bytes,
+            started: now,
+            last: now,
+        }
+    }
+
+    /// The JSON line for `records` records and `bytes` bytes read.
+    pub fn line(&self, records: u64, bytes: u64, done: bool) -> serde_json::Value {
+        let secs = self.started.elapsed().as_secs_f64();
+        serde_json::json!({
+            "records": records,
+            "bytes": bytes,
+            "total_bytes": self.total_bytes,
+            "elapsed_s": (secs * 1000.0).round() / 1000.0,
+            "records_per_sec": (records as f64 / secs.max(1e-9)).round(),
+            "done": done,
+        })
+    }
+
+    /// Reports `records` read and `bytes` of the input consumed; cheap
+    /// enough to call for every record.
+    pub fn update(&mut self, records: u64, bytes: u64) {
+        if records % 256 != 0 || (self.bar.is_none() && !self.json) {
+            return;
+        }
+        if let Some(b) = &self.bar {
+            b.set_position(bytes);
+            b.set_message(format!("{records} records"));
+        }
+        if self.json && self.last.elapsed() >= self.interval {
+            eprintln!("{}", self.line(records, bytes, false));
+            self.last = Instant::now();
+        }
+    }
+
+    /// The last report.
+    pub fn finish(&self, records: u64, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(bytes);
+            b.finish_and_clear();
+        }
+        if self.json {
+            eprintln!("{}", self.line(records, bytes, true));
+        }
+    }
+}
+
+/// Counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// One input record: its position in the file (line index for JSONL,
 /// record index for Avro), the decoded event or why it is bad, and its raw
-/// text (kept only for bad records, for the dead-letter file).
-pub type InputRecord = (i64, Result<InteractionEvent, DecodeError>, String);
+/// line (JSONL; empty for Avro), which its dead letter carries if the
+/// record becomes one.
+pub type InputRecord = (i64, Result<InteractionEvent, DecodeError>, Vec<u8>);
 
 /// Reads input records from a JSONL or Avro container file.
 pub fn read_input(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = InputRecord>>> {
+    Ok(read_input_counted(path)?.0)
+}
+
+/// [`read_input`], with the count of input bytes consumed so far (exact
+/// per line for JSONL; per block read for Avro), for progress reports.
+pub fn read_input_counted(
+    path: &Path,
+) -> anyhow::Result<(Box<dyn Iterator<Item = InputRecord>>, Arc<AtomicU64>)> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic)?;
     drop(f);
-    let f = File::open(path)?;
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let consumed = Arc::new(AtomicU64::new(0));
     if n == 4 && &magic == b"Obj\x01" {
-        let it = codec::read_avro_container(BufReader::new(f))
+        let counting = Counting {
+            inner: f,
+            read: consumed.clone(),
+        };
+        let it = codec::read_avro_container(BufReader::new(counting))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        return Ok(Box::new(
-            it.enumerate().map(|(i, r)| (i as i64, r, String::new())),
+        return Ok((
+            Box::new(it.enumerate().map(|(i, r)| (i as i64, r, Vec::new()))),
+            consumed,
         ));
     }
     let reader = BufReader::with_capacity(1 << 20, f);
-    Ok(Box::new(reader.split(b'\n').enumerate().filter_map(
-        |(i, line)| {
+    let count = consumed.clone();
+    let it = reader
+        .split(b'\n')
+        .enumerate()
+        .filter_map(move |(i, line)| {
             let i = i as i64;
             match line {
                 Ok(mut l) => {
+                    count.fetch_add(l.len() as u64 + 1, Ordering::Relaxed);
                     if l.last() == Some(&b'\r') {
                         l.pop();
                     }
@@ -232,21 +375,26 @@ pub fn read_input(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = InputRe
                         return None;
                     }
                     let decoded = codec::decode_json_line(&l);
-                    let raw = if decoded.is_err() {
-                        String::from_utf8_lossy(&l).into_owned()
-                    } else {
-                        String::new()
-                    };
-                    Some((i, decoded, raw))
+                    Some((i, decoded, l))
                 }
                 Err(e) => Some((
                     i,
                     Err(DecodeError::NotJson(format!("read error: {e}"))),
-                    String::new(),
+                    Vec::new(),
                 )),
             }
-        },
-    )))
+        });
+    Ok((Box::new(it), consumed))
+}
+
+/// The dead-letter record of a file input: its line, or for an Avro
+/// container record (whose datum bytes the reader does not keep) the event
+/// as JSON.
+pub fn file_record(line: Vec<u8>, event: Option<&InteractionEvent>) -> RawInput {
+    match event {
+        Some(e) if line.is_empty() => RawInput::value(codec::encode_event_json(e)),
+        _ => RawInput::value(line),
+    }
 }
 
 /// What a replay commits with its state, so that an interrupted replay
@@ -346,26 +494,39 @@ pub fn open_replay(
 
 /// Runs a file replay.
 pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySummary> {
+    replay_file_with_progress(cfg, opts, ProgressOptions::default())
+}
+
+/// Runs a file replay, reporting its progress on stderr as `progress` asks.
+pub fn replay_file_with_progress(
+    cfg: &Config,
+    opts: &FileReplay,
+    progress: ProgressOptions,
+) -> anyhow::Result<ReplaySummary> {
     let started = Instant::now();
     let (mut engine, ckpt, _tmp) = open_replay(cfg, opts.state_dir.as_deref(), opts.watermark)?;
     engine.assign(0)?;
+    engine.set_wall_clock(Some(crate::wall_clock_ms()));
     let mut files = FileOutputs::open(&opts.output_dir, ckpt.as_ref().and_then(|c| c.files))?;
     let mut merger = ckpt.map_or_else(|| Merger::new(1), |c| c.merger);
     let mut out = Outputs::default();
-    let mut raw: Vec<String> = Vec::new();
     let mut aggs = Vec::new();
     let mut cells = Vec::new();
     let mut records = 0u64;
     let mut last_report = Instant::now();
-    for (i, decoded, text) in read_input(&opts.input)? {
+    let total_bytes = std::fs::metadata(&opts.input).map_or(0, |m| m.len());
+    let mut reporter = FileProgress::new(progress, total_bytes);
+    let (input, consumed) = read_input_counted(&opts.input)?;
+    let mut read = 0u64;
+    let bytes = || consumed.load(Ordering::Relaxed).min(total_bytes);
+    for (i, decoded, text) in input {
+        read += 1;
+        reporter.update(read, bytes());
         if engine.skip_if_applied(0, i) {
             // Resuming with an existing state dir: already applied.
             continue;
         }
-        if decoded.is_err() {
-            raw.push(text);
-        }
-        engine.process(0, i, decoded, &mut out)?;
+        engine.process_raw(0, i, decoded, |e| file_record(text, e), &mut out)?;
         records += 1;
         if !out.partials.is_empty() {
             for p in out.partials.drain(..) {
@@ -377,7 +538,7 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
             cells.clear();
         }
         if records % opts.commit_every.max(1) as u64 == 0 {
-            files.write_step(&mut out, &mut raw)?;
+            files.write_step(&mut out)?;
             commit_checkpoint(&mut engine, Some(&mut files), &merger, false)?;
             if last_report.elapsed() > Duration::from_secs(5) {
                 tracing::info!(records, "replaying");
@@ -393,7 +554,7 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
     if let Some(end) = end {
         // Fire due timers in chunks so memory stays bounded.
         while engine.fire_timers(0, end, crate::engine::TIMER_CHUNK, &mut out)? {
-            files.write_step(&mut out, &mut raw)?;
+            files.write_step(&mut out)?;
             commit_checkpoint(&mut engine, Some(&mut files), &merger, false)?;
         }
         engine.advance_watermark(0, end, &mut out)?;
@@ -409,8 +570,9 @@ pub fn replay_file(cfg: &Config, opts: &FileReplay) -> anyhow::Result<ReplaySumm
         _ => merger.drain(&mut aggs, &mut cells),
     }
     files.write_aggregates(&aggs, &cells)?;
-    files.write_step(&mut out, &mut raw)?;
+    files.write_step(&mut out)?;
     commit_checkpoint(&mut engine, Some(&mut files), &merger, true)?;
+    reporter.finish(read, bytes());
     let mut summary = files.summary.clone();
     summary.records = records;
     summary.counters = engine.counters();

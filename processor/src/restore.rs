@@ -29,8 +29,11 @@ use crate::metrics::Metrics;
 const RESTORE_BATCH: usize = 20_000;
 /// How long one call of [`Restores::step`] reads at most.
 const STEP_BUDGET: Duration = Duration::from_millis(200);
-/// A restore that makes no progress for this long ends with what it has
-/// (the rest of the partition is then processed from the input).
+/// A restore that makes no progress for this long says so (each time its
+/// progress is logged). It never gives up: continuing from the input would
+/// leave a silent gap wherever the input's retention is shorter than the
+/// history the changelog holds. The partition stays paused and `/readyz`
+/// not ready until the changelog can be read to its end.
 const STALL: Duration = Duration::from_secs(15);
 /// Progress is logged this often per partition.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -38,6 +41,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const STANDBY_REFRESH: Duration = Duration::from_secs(2);
 /// How often a standby writes the steps it applied.
 const STANDBY_FLUSH: Duration = Duration::from_secs(2);
+/// The most bytes a standby holds per partition while it waits for the
+/// owner's commit: past it the changelog partition is paused, and resumed
+/// once the held records fall under half of it.
+const STANDBY_HELD_MAX_BYTES: usize = 64 << 20;
 
 impl Follow {
     /// Applies the held records whose step the owner committed.
@@ -50,6 +57,7 @@ impl Follow {
             let Some(h) = self.held.pop_front() else {
                 break;
             };
+            self.held_bytes = self.held_bytes.saturating_sub(h.size());
             self.run.restorer.apply(
                 h.offset,
                 &h.key,
@@ -100,12 +108,22 @@ struct Held {
     input_next: i64,
 }
 
+impl Held {
+    fn size(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// A partition followed as a warm standby: its changelog is applied as the
 /// owner commits, so a failover here restores only the last few steps.
 struct Follow {
     run: Run,
     /// Records received whose step the owner has not committed yet, in order.
     held: VecDeque<Held>,
+    /// Bytes of `held` (keys and values).
+    held_bytes: usize,
+    /// Whether its changelog partition is paused (too much held).
+    paused: bool,
     last_flush: Instant,
 }
 
@@ -319,7 +337,7 @@ impl Restores {
             .iter()
             .filter_map(|(p, pending)| {
                 let run = pending.run.as_ref()?;
-                (run.position >= run.end || run.last_progress.elapsed() >= STALL).then_some(*p)
+                (run.position >= run.end).then_some(*p)
             })
             .collect();
         for p in &finished {
@@ -327,14 +345,6 @@ impl Restores {
                 continue;
             };
             let Some(mut run) = pending.run else { continue };
-            if run.position < run.end {
-                warn!(
-                    partition = p,
-                    position = run.position,
-                    end = run.end,
-                    "changelog restore stalled; the rest is processed from the input"
-                );
-            }
             run.restorer.flush()?;
             let secs = run.started.elapsed().as_secs_f64();
             let read = (run.position - run.first).max(0) as f64;
@@ -414,6 +424,8 @@ impl Restores {
                     Follow {
                         run,
                         held: VecDeque::new(),
+                        held_bytes: 0,
+                        paused: false,
                         last_flush: Instant::now(),
                     },
                 );
@@ -429,13 +441,25 @@ impl Restores {
             for p in self.standby.iter().flat_map(|s| s.follows.keys()) {
                 tpl.add_partition(&self.input_topic, *p as i32);
             }
+            // Under exactly-once the changelog holds committed steps only
+            // (read_committed): everything read may be applied. Otherwise a
+            // step may be applied once the owner committed its input offset;
+            // when that cannot be read (a broker outage), nothing more is
+            // applied until it can: an unknown offset is not "all committed".
             let committed = if self.exactly_once {
-                None
+                Ok(None)
             } else {
-                group.committed_offsets(tpl, Duration::from_secs(5)).ok()
+                group
+                    .committed_offsets(tpl, Duration::from_secs(5))
+                    .map(Some)
             };
+            if let Err(e) = &committed {
+                warn!(error = %e, "standby: cannot read the committed offsets; applying nothing new until it can");
+            }
             if let Some(s) = self.standby.as_mut() {
                 s.last_refresh = Instant::now();
+            }
+            if let (Some(s), Ok(committed)) = (self.standby.as_mut(), committed) {
                 for (p, f) in &mut s.follows {
                     f.run.committed = match &committed {
                         None => i64::MAX,
@@ -452,8 +476,16 @@ impl Restores {
         }
         // Apply what the owner committed meanwhile, and write it now and then.
         if let Some(s) = self.standby.as_mut() {
-            for f in s.follows.values_mut() {
+            for (p, f) in s.follows.iter_mut() {
                 f.drain()?;
+                if f.paused && f.held_bytes <= STANDBY_HELD_MAX_BYTES / 2 {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&self.topic, *p as i32);
+                    match self.consumer.resume(&tpl) {
+                        Ok(()) => f.paused = false,
+                        Err(e) => warn!(partition = p, error = %e, "standby: cannot resume"),
+                    }
+                }
                 if f.run.restorer.at_boundary() && f.last_flush.elapsed() >= STANDBY_FLUSH {
                     f.run.restorer.flush()?;
                     f.last_flush = Instant::now();
@@ -557,14 +589,24 @@ impl Restores {
                     continue;
                 }
                 let input_next = input_next_of(&m).unwrap_or(i64::MAX);
-                f.held.push_back(Held {
+                let h = Held {
                     offset: m.offset(),
                     key: m.key().unwrap_or_default().to_vec(),
                     value: m.payload().map(<[u8]>::to_vec),
                     input_next,
-                });
+                };
+                f.held_bytes += h.size();
+                f.held.push_back(h);
                 f.run.position = m.offset() + 1;
                 f.drain()?;
+                if !f.paused && f.held_bytes > STANDBY_HELD_MAX_BYTES {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&self.topic, p as i32);
+                    match self.consumer.pause(&tpl) {
+                        Ok(()) => f.paused = true,
+                        Err(e) => warn!(partition = p, error = %e, "standby: cannot pause"),
+                    }
+                }
                 continue;
             }
             let Some(run) = self.parts.get_mut(&p).and_then(|x| x.run.as_mut()) else {
@@ -625,6 +667,15 @@ impl Restores {
                 f.restored_records += run.restorer.applied - run.reported;
             });
             run.reported = run.restorer.applied;
+            if run.last_log.elapsed() >= PROGRESS_EVERY && run.last_progress.elapsed() >= STALL {
+                warn!(
+                    partition = p,
+                    position = run.position,
+                    end = run.end,
+                    stalled_secs = run.last_progress.elapsed().as_secs(),
+                    "changelog restore makes no progress (is the broker reachable?); waiting"
+                );
+            }
             if run.last_log.elapsed() >= PROGRESS_EVERY {
                 run.last_log = Instant::now();
                 info!(

@@ -2,6 +2,8 @@
 //!
 //! - Logs go to stderr, pretty or as JSON lines ([`LogFormat`]), filtered by
 //!   `SIKLUS_LOG` (an `EnvFilter` directive such as `info,siklus=debug`).
+//!   Pretty lines are coloured only when stderr is a terminal and `NO_COLOR`
+//!   is not set (<https://no-color.org>).
 //! - Traces and metrics are exported over OTLP/HTTP (protobuf) when the
 //!   standard OpenTelemetry variables name an endpoint:
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` (both signals, `/v1/traces` and
@@ -52,6 +54,12 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
+}
+
+/// Whether log lines carry ANSI colours: only on a terminal, and not when
+/// `NO_COLOR` is set to a non-empty value.
+pub fn use_ansi(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Where OTLP data goes; `None` turns a signal off.
@@ -191,7 +199,12 @@ impl Telemetry {
             Ok(t) => (t, None),
             Err(e) => (Telemetry::default(), Some(e)),
         };
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(use_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ));
         let fmt = match format {
             LogFormat::Json => fmt.json().boxed(),
             LogFormat::Pretty => fmt.boxed(),
@@ -307,6 +320,15 @@ mod tests {
     use std::sync::Mutex;
     #[cfg(feature = "otlp")]
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_ansi(true, None));
+        assert!(use_ansi(true, Some(OsStr::new(""))));
+        assert!(!use_ansi(true, Some(OsStr::new("1"))));
+        assert!(!use_ansi(false, None));
+    }
 
     #[test]
     fn settings_follow_the_standard_variables() {

@@ -429,10 +429,9 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         (None, None) => Some(crate::kafka::OutputSink::new(cfg)?),
         _ => None,
     };
+    engine.set_wall_clock(Some(crate::wall_clock_ms()));
     let mut merger = ckpt.map_or_else(|| Merger::new(partitions as u32), |c| c.merger);
     let mut out = Outputs::default();
-    let mut raw: Vec<String> = Vec::new();
-    let mut raw_records = Vec::new();
     let mut aggs = Vec::new();
     let mut cells = Vec::new();
     let mut summary = ReplaySummary::default();
@@ -495,19 +494,16 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
                     Some(b) => {
                         // An unreachable registry is waited for, never blamed on the record.
                         decoder.fetch_schema(b, &|| false)?;
-                        decoder.decode(b)
+                        crate::codec::check_record_key(m.key(), decoder.decode(b))
                     }
                 };
-                if decoded.is_err() {
-                    let text = m
-                        .payload()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .unwrap_or_default();
-                    raw.push(text);
-                    raw_records
-                        .push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
-                }
-                engine.process(p as u32, offset, decoded, &mut out)?;
+                engine.process_raw(
+                    p as u32,
+                    offset,
+                    decoded,
+                    |_| crate::kafka::raw_input(&m),
+                    &mut out,
+                )?;
                 summary.records += 1;
                 since_commit += 1;
                 if offset + 1 >= range.end {
@@ -533,8 +529,6 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
                 &mut files,
                 sink.as_ref(),
                 &mut out,
-                &mut raw,
-                &mut raw_records,
                 &mut aggs,
                 &mut cells,
                 &mut summary,
@@ -567,8 +561,6 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
                     &mut files,
                     sink.as_ref(),
                     &mut out,
-                    &mut raw,
-                    &mut raw_records,
                     &mut aggs,
                     &mut cells,
                     &mut summary,
@@ -596,8 +588,6 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         &mut files,
         sink.as_ref(),
         &mut out,
-        &mut raw,
-        &mut raw_records,
         &mut aggs,
         &mut cells,
         &mut summary,
@@ -635,26 +625,22 @@ fn emit(
     files: &mut Option<FileOutputs>,
     sink: Option<&crate::kafka::OutputSink>,
     out: &mut Outputs,
-    raw: &mut Vec<String>,
-    raw_records: &mut Vec<crate::kafka::RawKeyValue>,
     aggs: &mut Vec<crate::aggregate::Aggregate>,
     cells: &mut Vec<crate::aggregate::CohortCell>,
     summary: &mut ReplaySummary,
 ) -> anyhow::Result<()> {
     if let Some(f) = files.as_mut() {
         f.write_aggregates(aggs, cells)?;
-        f.write_step(out, raw)?;
+        f.write_step(out)?;
     } else if let Some(s) = sink {
         summary.transitions += out.transitions.len() as u64;
         summary.dead_letters += out.dead_letters.len() as u64;
         summary.aggregates += aggs.len() as u64;
         summary.cohort_cells += cells.len() as u64;
-        s.send_replay(out, raw_records, aggs, cells)?;
+        s.send_replay(out, aggs, cells)?;
         out.transitions.clear();
         out.dead_letters.clear();
-        raw.clear();
     }
-    raw_records.clear();
     aggs.clear();
     cells.clear();
     Ok(())

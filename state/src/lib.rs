@@ -66,6 +66,10 @@ pub enum StateError {
     /// represent.
     #[error("state layout: {0}")]
     Layout(String),
+    /// [`Store::open_read_only`] found no store at the path (it never
+    /// creates one).
+    #[error("{0}")]
+    Missing(String),
 }
 
 impl StateError {
@@ -77,7 +81,7 @@ impl StateError {
                 e.kind(),
                 ErrorKind::Busy | ErrorKind::TryAgain | ErrorKind::TimedOut | ErrorKind::Incomplete
             ),
-            StateError::Corrupt(_) | StateError::Layout(_) => false,
+            StateError::Corrupt(_) | StateError::Layout(_) | StateError::Missing(_) => false,
         }
     }
 }
@@ -112,39 +116,46 @@ fn decode_offset(value: &[u8]) -> Result<i64, StateError> {
         .map_err(|_| StateError::Corrupt(format!("offset value of {} bytes", value.len())))
 }
 
+/// RocksDB options of a store (the same for read-write and read-only
+/// opens), with the block cache they use.
+fn db_options(opts: &StoreOptions) -> (Options, Cache) {
+    let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    // Whole-key bloom filter: profile / seen / offset / meta reads are
+    // point lookups on full keys.
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    // Index and filter blocks live in the bounded block cache, so memory
+    // stays bounded as state grows. They are partitioned into small blocks:
+    // a whole-file filter of a large SST (megabytes) evicted from the
+    // cache would be read and checksummed again on every point lookup.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
+
+    let mut db_opts = Options::default();
+    db_opts.set_block_based_table_factory(&table);
+    db_opts.set_compression_type(DBCompressionType::Lz4);
+    db_opts.set_write_buffer_size(opts.write_buffer_bytes);
+    db_opts.set_max_write_buffer_number(opts.max_write_buffers);
+    db_opts.set_level_compaction_dynamic_level_bytes(true);
+
+    (db_opts, cache)
+}
+
 impl Store {
     /// Opens (creating if missing) the store in `dir`.
     ///
     /// A new store gets the layout marker; an existing store must carry the
     /// marker of [`LAYOUT_VERSION`], else [`StateError::Layout`].
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Store, StateError> {
-        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        // Whole-key bloom filter: profile / seen / offset / meta reads are
-        // point lookups on full keys.
-        table.set_bloom_filter(10.0, false);
-        table.set_whole_key_filtering(true);
-        // Index and filter blocks live in the bounded block cache, so memory
-        // stays bounded as state grows. They are partitioned into small blocks:
-        // a whole-file filter of a large SST (megabytes) evicted from the
-        // cache would be read and checksummed again on every point lookup.
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_cache_index_and_filter_blocks_with_high_priority(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
-        table.set_partition_filters(true);
-        table.set_metadata_block_size(4096);
-        table.set_pin_top_level_index_and_filter(true);
-
-        let mut db_opts = Options::default();
+        let (mut db_opts, cache) = db_options(opts);
         db_opts.create_if_missing(true);
-        db_opts.set_block_based_table_factory(&table);
-        db_opts.set_compression_type(DBCompressionType::Lz4);
-        db_opts.set_write_buffer_size(opts.write_buffer_bytes);
-        db_opts.set_max_write_buffer_number(opts.max_write_buffers);
-        db_opts.set_level_compaction_dynamic_level_bytes(true);
-
         let db = DB::open(&db_opts, dir)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(opts.sync_writes);
@@ -153,11 +164,44 @@ impl Store {
             write_opts,
             _cache: cache,
         };
-        store.check_layout(dir)?;
+        store.check_layout(dir, true)?;
         Ok(store)
     }
 
-    fn check_layout(&self, dir: &Path) -> Result<(), StateError> {
+    /// Opens the existing store in `dir` for reading only: it never creates
+    /// the directory or the store, never writes, and does not take RocksDB's
+    /// `LOCK`, so it works while a running instance holds the store open
+    /// (it then sees the state as of this call: the write-ahead log is
+    /// replayed in memory). For `siklus inspect` and exports.
+    ///
+    /// Fails with [`StateError::Missing`] when `dir` holds no store, and
+    /// with [`StateError::Layout`] as [`Store::open`] does. Writes through
+    /// the returned store fail.
+    pub fn open_read_only(dir: &Path, opts: &StoreOptions) -> Result<Store, StateError> {
+        if !dir.is_dir() {
+            return Err(StateError::Missing(format!(
+                "no state directory at {}",
+                dir.display()
+            )));
+        }
+        if !dir.join("CURRENT").is_file() {
+            return Err(StateError::Missing(format!(
+                "{} holds no siklus state (no RocksDB store in it)",
+                dir.display()
+            )));
+        }
+        let (db_opts, cache) = db_options(opts);
+        let db = DB::open_for_read_only(&db_opts, dir, false)?;
+        let store = Store {
+            db,
+            write_opts: WriteOptions::default(),
+            _cache: cache,
+        };
+        store.check_layout(dir, false)?;
+        Ok(store)
+    }
+
+    fn check_layout(&self, dir: &Path, write_marker: bool) -> Result<(), StateError> {
         match self.db.get(keys::global(LAYOUT_MARKER))? {
             Some(v) => {
                 let version: [u8; 4] = v.as_slice().try_into().map_err(|_| {
@@ -187,6 +231,10 @@ impl Store {
                         "store at {} holds data but no layout marker",
                         dir.display()
                     )));
+                }
+                if !write_marker {
+                    // Read-only: an empty store reads as empty.
+                    return Ok(());
                 }
                 let mut sync = WriteOptions::default();
                 sync.set_sync(true);
@@ -632,3 +680,53 @@ impl Batch {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod read_only_tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_open_reads_a_store_held_open_for_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rw = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut b = Batch::new();
+        b.put_profile(3, "ana", b"profile");
+        b.set_offset(3, 42);
+        rw.write(b).unwrap();
+        // The writer holds the LOCK: a second writer cannot open...
+        assert!(Store::open(dir.path(), &StoreOptions::default()).is_err());
+        // ...a reader can, and sees what was written (from the WAL).
+        let ro = Store::open_read_only(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(
+            ro.profile(3, "ana").unwrap().as_deref(),
+            Some(&b"profile"[..])
+        );
+        assert_eq!(ro.offset(3).unwrap(), Some(42));
+        assert_eq!(ro.find_profile("ana").unwrap().map(|(p, _)| p), Some(3));
+        let mut b = Batch::new();
+        b.put_profile(3, "bob", b"x");
+        assert!(ro.write(b).is_err(), "a read-only store never writes");
+        drop(rw);
+        assert_eq!(ro.profile(3, "bob").unwrap(), None);
+    }
+
+    #[test]
+    fn a_read_only_open_never_creates_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        match Store::open_read_only(&missing, &StoreOptions::default()) {
+            Err(StateError::Missing(m)) => assert!(m.contains("no state directory at"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!missing.exists());
+        match Store::open_read_only(dir.path(), &StoreOptions::default()) {
+            Err(e @ StateError::Missing(_)) => assert!(!e.is_retriable()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // An empty store (created, never written but for its marker) reads as empty.
+        drop(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        let ro = Store::open_read_only(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(ro.partitions().unwrap(), Vec::<u32>::new());
+    }
+}

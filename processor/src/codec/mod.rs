@@ -94,11 +94,46 @@ pub enum DecodeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The Kafka record key is missing or is not the event's `customer_id`
+    /// (a customer's state lives in the partition of its key).
+    #[error("record key: {0}")]
+    Key(String),
+    /// The event time is not one the engine accepts: from the future, far
+    /// ahead of the partition's event time, or far behind the customer's.
+    #[error("{reason}")]
+    Time {
+        /// `future`, `time_jump` or `too_late`.
+        kind: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Applying the event would overflow a counter or a sum of money.
+    #[error("arithmetic overflow: {0}")]
+    Overflow(String),
+}
+
+/// The key rule of every driver that reads Kafka: a record must have a key,
+/// and it must be the event's `customer_id`.
+pub fn check_record_key(
+    key: Option<&[u8]>,
+    decoded: Result<InteractionEvent, DecodeError>,
+) -> Result<InteractionEvent, DecodeError> {
+    let e = decoded?;
+    match key {
+        None => Err(DecodeError::Key(
+            "the record has no key (the key must be the customer_id)".into(),
+        )),
+        Some(k) if k != e.customer_id.as_bytes() => Err(DecodeError::Key(
+            "does not match customer_id (the key must be the customer_id)".into(),
+        )),
+        Some(_) => Ok(e),
+    }
 }
 
 impl DecodeError {
     /// A short stable label: `json`, `avro`, `schema_id` (unknown id),
-    /// `schema` (unusable writer schema), `missing_field` or `invalid_field`.
+    /// `schema` (unusable writer schema), `missing_field`, `invalid_field`,
+    /// `key`, `future`, `time_jump`, `too_late` or `overflow`.
     pub fn kind(&self) -> &'static str {
         match self {
             DecodeError::NotJson(_) => "json",
@@ -107,6 +142,9 @@ impl DecodeError {
             DecodeError::UnusableSchema { .. } => "schema",
             DecodeError::MissingField(_) => "missing_field",
             DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::Key(_) => "key",
+            DecodeError::Time { kind, .. } => kind,
+            DecodeError::Overflow(_) => "overflow",
         }
     }
 

@@ -18,7 +18,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::config::SchemaRegistry;
+use crate::config::{redact_url, SchemaRegistry};
 
 /// The media type of the registry's requests and answers.
 pub const CONTENT_TYPE_V1: &str = "application/vnd.schemaregistry.v1+json";
@@ -155,7 +155,7 @@ impl RegistryClient {
     /// `ssl_*` files.
     pub fn new(cfg: &SchemaRegistry) -> Result<RegistryClient, RegistryError> {
         let base = Url::parse(cfg.url.trim())
-            .map_err(|e| RegistryError::Config(format!("url {:?}: {e}", cfg.url)))?;
+            .map_err(|e| RegistryError::Config(format!("url {:?}: {e}", redact_url(&cfg.url))))?;
         let read = |p: &std::path::Path| {
             std::fs::read(p)
                 .map_err(|e| RegistryError::Config(format!("reading {}: {e}", p.display())))
@@ -200,9 +200,9 @@ impl RegistryClient {
         })
     }
 
-    /// The base URL.
-    pub fn url(&self) -> &str {
-        self.base.as_str()
+    /// The base URL as shown in logs: a password in it is masked.
+    pub fn url(&self) -> String {
+        shown(&self.base)
     }
 
     /// The retry backoff.
@@ -225,8 +225,8 @@ impl RegistryClient {
             None => req,
         };
         req.send().map_err(|e| RegistryError::Unavailable {
-            url: url.to_string(),
-            reason: error_chain(&e),
+            url: shown(url),
+            reason: redact_url(&error_chain(&e)),
         })
     }
 
@@ -239,12 +239,12 @@ impl RegistryClient {
     ) -> Result<T, RegistryError> {
         let status = resp.status();
         let body = resp.text().map_err(|e| RegistryError::Unavailable {
-            url: url.to_string(),
+            url: shown(url),
             reason: format!("reading the answer: {}", error_chain(&e)),
         })?;
         if status.is_success() {
             return serde_json::from_str(&body).map_err(|e| RegistryError::Unavailable {
-                url: url.to_string(),
+                url: shown(url),
                 reason: format!("unexpected answer ({e}): {}", snippet(&body)),
             });
         }
@@ -264,21 +264,21 @@ impl RegistryClient {
             // A 404 without a registry error code is a wrong URL, not an
             // unknown schema: never blame the record for it.
             (404, _) => Err(RegistryError::Unavailable {
-                url: url.to_string(),
+                url: shown(url),
                 reason: format!(
                     "HTTP 404 without a registry error code (is schema_registry.url right?): {}",
                     snippet(&body)
                 ),
             }),
             (401 | 403, _) => Err(RegistryError::Unavailable {
-                url: url.to_string(),
+                url: shown(url),
                 reason: format!(
                     "HTTP {code}: login refused (check schema_registry.basic_auth_user_info): {}",
                     snippet(&body)
                 ),
             }),
             (408 | 429, _) | (500..=599, _) => Err(RegistryError::Unavailable {
-                url: url.to_string(),
+                url: shown(url),
                 reason: format!("HTTP {code}: {}", snippet(&body)),
             }),
             (_, e) => Err(RegistryError::Rejected {
@@ -373,6 +373,11 @@ impl RegistryClient {
             }
         }
     }
+}
+
+/// A URL as errors and logs show it: with its password masked.
+fn shown(url: &Url) -> String {
+    redact_url(url.as_str())
 }
 
 /// The error and its causes on one line (reqwest hides the useful part,

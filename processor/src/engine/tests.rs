@@ -76,9 +76,13 @@ fn watermark_fires_timers_of_silent_customers() {
     let dir = tempfile::tempdir().unwrap();
     let mut engine = open(dir.path(), true);
     let t0 = at("2024-01-01T00:00:00Z");
+    // Bob's event 40 days on is a jump of the partition's time: it moves
+    // the watermark once Carol's, an hour later, confirms it.
     let events = vec![
         ev("a1", "alice", "page.viewed", t0),
+        ev("a2", "alice", "page.viewed", t0 + 60_000),
         ev("b1", "bob", "page.viewed", t0 + 40 * DAY_MS),
+        ev("c1", "carol", "page.viewed", t0 + 40 * DAY_MS + 3_600_000),
     ];
     let out = drive(&mut engine, &events, 100, None);
     let alice: Vec<_> = out
@@ -88,7 +92,7 @@ fn watermark_fires_timers_of_silent_customers() {
         .collect();
     let last = alice.last().unwrap();
     assert_eq!(last.to_stage, "at_risk");
-    assert_eq!(last.occurred_at, t0 + 30 * DAY_MS);
+    assert_eq!(last.occurred_at, t0 + 60_000 + 30 * DAY_MS);
     assert_eq!(engine.counters().timers_fired, 1);
 }
 
@@ -509,35 +513,51 @@ fn late_events_never_reopen_a_closed_window() {
 }
 
 #[test]
-fn an_event_far_in_the_future_is_a_dead_letter_not_a_time_jump() {
+fn an_event_from_the_future_is_a_dead_letter_and_a_wild_jump_moves_no_time() {
     let dir = tempfile::tempdir().unwrap();
     let mut engine = open(dir.path(), true);
     let t0 = at("2024-01-01T00:00:00Z");
+    engine.set_wall_clock(Some(t0 + DAY_MS / 2));
     let mut out = Outputs::default();
-    engine
-        .process(0, 0, Ok(ev("e1", "a", "page.viewed", t0)), &mut out)
-        .unwrap();
-    let wild = at("9999-01-01T00:00:00Z");
-    engine
-        .process(0, 1, Ok(ev("e2", "b", "page.viewed", wild)), &mut out)
-        .unwrap();
+    let mut offset = 0;
+    let mut feed = |engine: &mut Engine, out: &mut Outputs, id: &str, c: &str, t: i64| {
+        engine
+            .process(0, offset, Ok(ev(id, c, "page.viewed", t)), out)
+            .unwrap();
+        offset += 1;
+    };
+    feed(&mut engine, &mut out, "e1", "a", t0);
+    feed(&mut engine, &mut out, "e1b", "a", t0 + 1000);
+    // Beyond the wall clock plus a day: a dead letter.
+    feed(&mut engine, &mut out, "e2", "b", at("9999-01-01T00:00:00Z"));
     assert_eq!(out.dead_letters.len(), 1);
-    assert_eq!(out.dead_letters[0].offset, 1);
-    assert!(out.dead_letters[0].reason.contains("occurred_at"));
-    assert_eq!(engine.clock(0).unwrap().max_event_time, Some(t0));
-    // Time keeps flowing normally afterwards.
-    engine
-        .process(
-            0,
-            2,
-            Ok(ev("e3", "c", "page.viewed", t0 + 40 * DAY_MS)),
-            &mut out,
-        )
-        .unwrap();
+    assert_eq!(out.dead_letters[0].offset, 2);
+    assert_eq!(out.dead_letters[0].kind, "future");
+    assert_eq!(engine.clock(0).unwrap().max_event_time, Some(t0 + 1000));
+    // Before the wall clock but 273 days ahead of the partition (a typo of
+    // the year): applied to its customer, held from the partition's clock.
+    engine.set_wall_clock(Some(t0 + 400 * DAY_MS));
+    feed(&mut engine, &mut out, "e3", "typo", t0 + 273 * DAY_MS);
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(engine.clock(0).unwrap().max_event_time, Some(t0 + 1000));
+    assert!(
+        !out.transitions
+            .iter()
+            .any(|t| t.customer_id == "a" && t.to_stage == "at_risk"),
+        "one record fired another customer's timer"
+    );
+    // Time keeps flowing normally afterwards: a real jump of 40 days is
+    // confirmed by the next record, and a's timer fires.
+    feed(&mut engine, &mut out, "e4", "c", t0 + 40 * DAY_MS);
+    feed(&mut engine, &mut out, "e5", "d", t0 + 40 * DAY_MS + 1000);
     assert!(out
         .transitions
         .iter()
         .any(|t| t.customer_id == "a" && t.to_stage == "at_risk"));
+    assert_eq!(
+        engine.clock(0).unwrap().max_event_time,
+        Some(t0 + 40 * DAY_MS + 1000)
+    );
 }
 
 #[test]
