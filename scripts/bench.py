@@ -2,7 +2,8 @@
 """siklus benchmarks: one command, one table, every figure with its ratio,
 all measured in the same run.
 
-    scripts/bench.py                  # full sizes (release build; about half an hour)
+    scripts/setup-test.sh             # once: the Kafka broker's jars, Quix Streams, ...
+    scripts/bench.py                  # full sizes (release build; about an hour)
     scripts/bench.py --smoke          # tiny sizes, the debug build (CI runs this)
     scripts/bench.py --json out.json  # also write the figures as JSON
 
@@ -11,14 +12,24 @@ Rows, each with the reference its ratio is taken against:
     core (taskset -c 0), for Avro and JSON input: events/s, CPU-seconds per
     million events, peak RSS. Ratio: Avro against the target of 1M events/s
     on one core; JSON against Avro.
-  * end to end on tansu, over one pre-loaded topic of JSON records
+  * end to end on a local Apache Kafka broker (KRaft, one node, started with
+    scripts/kafka-broker.sh), over one pre-loaded topic of JSON records
     (`siklus bench load`):
       - a raw consumer that only reads the topic: the reference;
       - `siklus run --stop-at-end`: throughput and CPU per event against the
-        raw consumer's;
+        raw consumer's; again with its changelog off;
       - the Quix Streams peer (scripts/quix_peer.py): the equivalent
         per-customer fold in Quix's RocksDB state, with its own consumer
-        group and state dir: its CPU per event against siklus's.
+        group and state dir, no changelog: its CPU per event against
+        siklus's run with the changelog off;
+      - the Kafka Streams peer (scripts/peers/kstreams, built here with
+        Maven and cached under ~/.cache/siklus-kstreams-peer): the same fold
+        with the Processor API over persistent RocksDB stores (changelogs on,
+        its default) and stream-time punctuators for at_risk and churned:
+        its CPU per event and throughput against siklus's run with the
+        changelog on (target: siklus at least 5x less CPU per event). Its
+        event-triggered transitions must equal those siklus wrote to its
+        transitions topic from the same input topic, or the bench fails.
   * latency: `siklus run` live while a producer sends generated events at a
     steady half of siklus's end-to-end throughput above (scripts/latency.py):
     p50 and p99 from an input record's produce time to its transition's
@@ -32,6 +43,7 @@ Rows, each with the reference its ratio is taken against:
 """
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
@@ -39,7 +51,6 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -74,19 +85,14 @@ def measure(cmd, env=None, pin=None):
     return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0, out
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def tansu_bin():
-    for c in [os.environ.get("TANSU_BIN"), os.path.expanduser("~/.cargo/bin/tansu"), shutil.which("tansu")]:
-        if c and os.path.exists(c):
-            return c
-    return None
+def kafka_version():
+    """The broker version scripts/kafka-broker.sh runs (pinned in scripts/kafka/pom.xml)."""
+    try:
+        with open(os.path.join(SCRIPTS, "kafka", "pom.xml")) as f:
+            text = f.read()
+        return text.split("<kafka.version>", 1)[1].split("<", 1)[0].strip()
+    except (OSError, IndexError):
+        return "unknown"
 
 
 def machine():
@@ -137,20 +143,76 @@ class Table:
             print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def start_tansu(tansu):
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    broker = subprocess.Popen([tansu, "broker"], env=dict(os.environ, LISTENER_URL=url,
-                              ADVERTISED_LISTENER_URL=url, RUST_LOG="warn"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return broker, port
-        except OSError:
-            time.sleep(0.1)
-    broker.kill()
-    raise SystemExit("tansu did not start listening")
+def start_kafka(work):
+    """Starts a one-node Kafka broker (scripts/kafka-broker.sh) with its data
+    in work/kafka; returns (its directory, bootstrap address). A watchdog of
+    the script stops it if this process dies before `stop_kafka`."""
+    d = os.path.join(work, "kafka")
+    env = dict(os.environ, KAFKA_BROKER_WATCH_PID=str(os.getpid()))
+    p = subprocess.run([os.path.join(SCRIPTS, "kafka-broker.sh"), "start", d], stdout=subprocess.PIPE,
+                       env=env, text=True)
+    if p.returncode != 0:
+        raise SystemExit("the Kafka broker did not start (scripts/kafka-broker.sh; run scripts/setup-test.sh "
+                         "first, or pass --skip-e2e)")
+    return d, p.stdout.strip().splitlines()[-1]
+
+
+def stop_kafka(d):
+    subprocess.run([os.path.join(SCRIPTS, "kafka-broker.sh"), "stop", d], check=False)
+
+
+PEER_DIR = os.path.join(SCRIPTS, "peers", "kstreams")
+PEER_JAR = "siklus-kstreams-peer.jar"
+
+
+def kstreams_peer_jar():
+    """Builds the Kafka Streams peer with Maven into
+    ~/.cache/siklus-kstreams-peer/<hash of its sources>, unless that build
+    is already there; returns the jar."""
+    h = hashlib.sha256()
+    files = [os.path.join(PEER_DIR, "pom.xml")]
+    for top, dirs, names in os.walk(os.path.join(PEER_DIR, "src")):
+        dirs.sort()
+        files += [os.path.join(top, n) for n in sorted(names)]
+    for path in files:
+        h.update(os.path.relpath(path, PEER_DIR).encode() + b"\0")
+        with open(path, "rb") as f:
+            h.update(f.read())
+        h.update(b"\0")
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "siklus-kstreams-peer")
+    out = os.path.join(cache, h.hexdigest()[:16])
+    jar = os.path.join(out, PEER_JAR)
+    if os.path.exists(os.path.join(out, "complete")):
+        return jar
+    for tool in ("java", "mvn"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not on PATH: the Kafka Streams peer needs Java 17 and Maven "
+                             "(scripts/setup-test.sh installs them; or pass --skip-e2e)")
+    partial = out + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    log(f"building the Kafka Streams peer (mvn package) into {out}")
+    started = time.monotonic()
+    p = subprocess.run(["mvn", "-q", "-B", "-f", os.path.join(PEER_DIR, "pom.xml"), "package",
+                        f"-Dpeer.build.dir={partial}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if p.returncode != 0 or not os.path.exists(os.path.join(partial, PEER_JAR)):
+        sys.stderr.write(p.stdout.decode(errors="replace")[-4000:])
+        raise SystemExit("building the Kafka Streams peer failed")
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(partial, out)
+    with open(os.path.join(out, "complete"), "w") as f:
+        f.write("built by scripts/bench.py\n")
+    log(f"built the Kafka Streams peer in {time.monotonic() - started:.0f} s")
+    return jar
+
+
+def topic_transitions(broker, topic):
+    """The transitions in a topic, as quix_peer.Transitions."""
+    import quix_peer  # noqa: E402  (scripts/ is on sys.path by then)
+    import latency  # noqa: E402
+
+    ts = quix_peer.Transitions()
+    latency.read_topic(broker, topic, lambda v: ts.add(json.loads(v)))
+    return ts
 
 
 def main():
@@ -164,7 +226,10 @@ def main():
     ap.add_argument("--rss-events-per-customer", type=float, default=1.0)
     ap.add_argument("--latency-secs", type=float, default=20.0, help="length of the steady phase of the latency row")
     ap.add_argument("--check-customers", type=int, default=20_000, help="customers of the Quix equivalence check")
-    ap.add_argument("--skip-e2e", action="store_true", help="no broker rows (no Quix peer, no latency)")
+    ap.add_argument("--skip-e2e", action="store_true",
+                    help="no broker rows (no Quix or Kafka Streams peer, no latency)")
+    ap.add_argument("--kstreams-threads", type=int, default=1,
+                    help="num.stream.threads of the Kafka Streams peer (its default: 1)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     a = ap.parse_args()
     if a.smoke:
@@ -177,12 +242,13 @@ def main():
         # The peer is part of the benchmark: never skip it quietly.
         for mod, pkg in [("quixstreams", "quixstreams"), ("confluent_kafka", "confluent-kafka")]:
             if importlib.util.find_spec(mod) is None:
-                raise SystemExit(f"python package {pkg} is not installed: run scripts/setup.sh")
-        tansu = tansu_bin()
-        if not tansu:
-            raise SystemExit("tansu is not installed: run scripts/setup.sh (or pass --skip-e2e)")
+                raise SystemExit(f"python package {pkg} is not installed: run scripts/setup-test.sh")
         sys.path.insert(0, SCRIPTS)
         import latency  # noqa: E402  (needs confluent_kafka, checked above)
+        import quix_peer  # noqa: E402
+        # Built (or found in the cache) before the long rows, so a build
+        # failure costs nothing.
+        kstreams_jar = kstreams_peer_jar()
 
     if a.bin:
         siklus = a.bin
@@ -253,12 +319,12 @@ def main():
                 raise SystemExit(f"the Quix fold no longer matches siklus's ({c}): update scripts/quix_peer.py "
                                  "to the current rules, or the comparison is not of equivalent work")
 
-        # --- end to end, Quix peer, latency ----------------------------------
+        # --- end to end, the peers, latency ----------------------------------
         if a.skip_e2e:
-            t.add("e2e", "end to end on tansu", "skipped (--skip-e2e)")
+            t.add("e2e", "end to end on Kafka", "skipped (--skip-e2e)")
         else:
-            broker, port = start_tansu(tansu)
-            bootstrap = f"127.0.0.1:{port}"
+            kafka_dir, bootstrap = start_kafka(work)
+            log(f"Kafka {kafka_version()} broker at {bootstrap}")
             try:
                 cfg = os.path.join(work, "siklus.toml")
                 with open(cfg, "w") as f:
@@ -266,11 +332,13 @@ def main():
                             f'[topics]\ninput = "bench.events"\n'
                             f'[processor]\ngroup_id = "bench"\nstate_dir = "{work}/live-state"\n'
                             f'topic_partitions = 4\nidle_timeout_ms = 600000\n')
-                # Created here (same partitions as siklus would use) with an
-                # explicit retention.ms: Quix Streams reads it from
-                # DescribeConfigs, which tansu 0.6 answers only for topics
-                # created with it.
-                latency.create_topics(bootstrap, ["bench.events", "quix.transitions"], 4)
+                # Created here, with the partitions siklus would give them and
+                # no time-based retention: siklus and Kafka Streams stamp
+                # transitions with their event time, and the workload's is
+                # in the past, so the broker's default retention (7 days)
+                # would delete them at its next check, before they are compared.
+                latency.create_topics(bootstrap, ["bench.events", "siklus.transitions", "quix.transitions",
+                                                  "kstreams.transitions"], 4)
                 log("loading the topic")
                 _, _, _, lout = measure([siklus, "--config", cfg, "bench", "load", "--customers",
                                          str(a.e2e_customers), "--events-per-customer", epc], env=env)
@@ -331,8 +399,21 @@ def main():
                 q = json.loads(qout)
                 if q["records"] != n:
                     raise SystemExit(f"the Quix peer processed {q['records']} of {n} records")
-                raw_cpu_m, s_cpu_m, q_cpu_m = (x / (n / 1e6) for x in (rc, sc, qc))
-                t.add("raw_consumer", "raw consumer (tansu)", fmt_rate(n / raw_span, "records/s"),
+                log("Kafka Streams peer")
+                kw, kc, krss, kout = measure(["java", "-jar", kstreams_jar, "--bootstrap-servers", bootstrap,
+                                              "--input-topic", "bench.events", "--output-topic", "kstreams.transitions",
+                                              "--application-id", "bench-kstreams",
+                                              "--state-dir", os.path.join(work, "kstreams-state"),
+                                              "--threads", str(a.kstreams_threads), "--expect", str(n),
+                                              "--idle-timeout-secs", "60"], env=env)
+                k = json.loads(kout)
+                if k["records"] != n:
+                    raise SystemExit(f"the Kafka Streams peer processed {k['records']} of {n} records")
+                log("comparing the transitions of siklus and Kafka Streams")
+                kcmp = quix_peer.compare(topic_transitions(bootstrap, "siklus.transitions"),
+                                           topic_transitions(bootstrap, "kstreams.transitions"))
+                raw_cpu_m, s_cpu_m, q_cpu_m, k_cpu_m = (x / (n / 1e6) for x in (rc, sc, qc, kc))
+                t.add("raw_consumer", "raw consumer (Kafka)", fmt_rate(n / raw_span, "records/s"),
                       f"{raw_cpu_m:.2f}", "", "1.00 (reference)",
                       f"{n:,} JSON records, 4 partitions; rate over its read span ({raw_span:.1f}s)",
                       records=n, secs=raw_span, wall=rw, cpu=rc, rate=n / raw_span, cpu_per_m=raw_cpu_m)
@@ -344,11 +425,49 @@ def main():
                       records=n, secs=s_span, wall=sw, cpu=sc, rss=srss, rate=n / s_span, cpu_per_m=s_cpu_m,
                       throughput_vs_raw=raw_span / s_span, cpu_vs_raw=sc / max(rc, 1e-9))
                 t.add("quix", "Quix Streams peer, end to end", fmt_rate(n / qw), f"{q_cpu_m:.2f}", f"{qrss:,.0f} MiB",
-                      f"CPU per event {qc / max(sc, 1e-9):.2f}x siklus's; its throughput {sw / qw:.2f}x siklus's",
-                      f"same topic; {q['transitions']:,} transitions; wall and CPU include Python start-up",
+                      f"CPU per event {qc / max(nc, 1e-9):.2f}x siklus's (changelog off, as here); its throughput "
+                      f"{nw / qw:.2f}x siklus's",
+                      f"same topic; no changelog; {q['transitions']:,} transitions; wall and CPU include Python "
+                      f"start-up",
                       records=n, secs=qw, cpu=qc, rss=qrss, rate=n / qw, cpu_per_m=q_cpu_m,
-                      cpu_vs_siklus=qc / max(sc, 1e-9), throughput_vs_siklus=sw / qw,
+                      cpu_vs_siklus=qc / max(nc, 1e-9), throughput_vs_siklus=nw / qw,
                       transitions=q["transitions"])
+                # Its processing span as siklus's: first record to the commit
+                # that covers the last one (the peer asks for that commit).
+                k_span = k.get("processing_secs") or k["secs"]
+                ks = k["settings"]
+                k_cpu_ratio = kc / max(sc, 1e-9)
+                t.add("kstreams", "Kafka Streams peer, end to end", fmt_rate(n / k_span), f"{k_cpu_m:.2f}",
+                      f"{krss:,.0f} MiB",
+                      f"CPU per event {k_cpu_ratio:.2f}x siklus's (target >= 5x; changelogs on in both); "
+                      f"its throughput {s_span / k_span:.2f}x siklus's",
+                      f"same topic; Kafka Streams {ks['kafka_streams']}, Processor API, persistent RocksDB stores "
+                      f"(profiles, timers by deadline) with caching, stream-time punctuator every "
+                      f"{ks['punctuate_interval_ms'] / 3.6e6:g} h of event time; its defaults "
+                      f"(processing.guarantee={ks['processing.guarantee']}, commit.interval.ms="
+                      f"{ks['commit.interval.ms']}, changelogs on, num.stream.threads={ks['num.stream.threads']}) "
+                      f"but statestore.cache.max.bytes={ks['statestore.cache.max.bytes'] / 2**20:g} MiB "
+                      f"(default 10 MiB); {k['transitions']:,} transitions ({k['timer_transitions']:,} by timer); "
+                      f"rate over its processing span ({k_span:.1f}s: first record to the commit covering the last; "
+                      f"{kw:.1f}s with JVM start, group join and close); CPU is the whole JVM's "
+                      f"({k.get('span_cpu_secs', 0):.1f}s of it from the first record on)",
+                      records=n, secs=k_span, wall=kw, cpu=kc, rss=krss, rate=n / k_span, cpu_per_m=k_cpu_m,
+                      cpu_vs_siklus=k_cpu_ratio, throughput_vs_siklus=s_span / k_span,
+                      transitions=k["transitions"], timer_transitions=k["timer_transitions"],
+                      span_cpu=k.get("span_cpu_secs"), settings=ks)
+                t.add("kstreams_equivalence", "Kafka Streams vs siklus transitions (same topic)",
+                      f"{kcmp['event_transitions_same']:,} of {kcmp['event_transitions']:,} event-triggered transitions",
+                      "", "", f"{kcmp['event_transitions_same'] / max(1, kcmp['event_transitions']):.3f} identical",
+                      f"snapshots identical {kcmp['event_snapshots_same']:,}; extra in Kafka Streams "
+                      f"{kcmp['event_transitions_peer'] - kcmp['event_transitions_same']:,}; timer transitions "
+                      f"{kcmp['timer_transitions_same']:,} of siklus's {kcmp['timer_transitions']:,} identical "
+                      f"(Kafka Streams fired {kcmp['timer_transitions_peer']:,}: the punctuator and siklus's "
+                      f"watermark reach different points by the end)", **kcmp)
+                if (kcmp["event_transitions"] == 0 or kcmp["event_transitions_same"] != kcmp["event_transitions"]
+                        or kcmp["event_transitions_peer"] != kcmp["event_transitions"]):
+                    raise SystemExit(f"the Kafka Streams peer's event-triggered transitions differ from siklus's "
+                                     f"({kcmp}): update scripts/peers/kstreams to the current rules, or the "
+                                     "comparison is not of equivalent work")
 
                 rate = 0.5 * n / s_span
                 lat_events = max(200, int(rate * a.latency_secs))
@@ -375,8 +494,7 @@ def main():
                       f"clock: {L['clock']}; received by a consumer: "
                       f"p50 {L['recv_p50_ms']:,.0f} ms, p99 {L['recv_p99_ms']:,.0f} ms", **L)
             finally:
-                broker.kill()
-                broker.wait()
+                stop_kafka(kafka_dir)
 
         # --- memory with many customers --------------------------------------
         for path in (avro, jsonl):
@@ -410,6 +528,8 @@ def main():
 
     print(f"machine: {mach['cores']} cores, {mach['cpu']}, {mach['mem_gib']} GiB RAM, {mach['os']}")
     print(f"binary: {siklus}")
+    if not a.skip_e2e:
+        print(f"broker: Apache Kafka {kafka_version()}, one KRaft node on loopback (scripts/kafka-broker.sh)")
     print(f"command: {command}")
     print(f"took {time.monotonic() - started:,.0f} s")
     t.print()

@@ -5,10 +5,11 @@ A confluent-kafka producer sends the lines of a `siklus generate` JSONL file
 (keyed by customer) to a fresh input topic at a fixed rate, with each record's
 timestamp set explicitly to its produce time. A consumer of the transitions
 topic takes, for every transition that names a triggering_event_id, the
-transition record's timestamp (CreateTime: siklus leaves it to its producer,
-which stamps the wall clock when the record is produced) minus the produce
-time of the input record. The time the consumer received the transition is
-recorded too and reported as a second figure.
+time the transition was produced minus the produce time of the input record.
+The time it was produced is the transition record's timestamp when that is
+a wall-clock CreateTime; siklus stamps transitions with their event time
+(the workload's is in the past), so it is then the time the consumer
+received the transition, which is also reported as a second figure.
 
 Used by bench.py (`run_latency`); runnable alone for experiments:
 
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 
-from confluent_kafka import Consumer, Producer, TIMESTAMP_CREATE_TIME
+from confluent_kafka import Consumer, Producer, TIMESTAMP_CREATE_TIME, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -33,8 +34,10 @@ TRIGGER = re.compile(rb'"triggering_event_id"\s*:\s*"([^"]+)"')
 
 
 def create_topics(broker, names, partitions):
-    """Creates topics (with an explicit retention.ms: tansu 0.6 omits it from
-    DescribeConfigs otherwise); an existing topic is left as it is."""
+    """Creates topics with retention.ms=-1 (siklus and the Kafka Streams peer
+    stamp transitions with their event time, which is in the past for the
+    generated workload: time-based retention would delete them); an existing
+    topic is left as it is."""
     admin = AdminClient({"bootstrap.servers": broker})
     fs = admin.create_topics([NewTopic(n, partitions, 1, config={"retention.ms": "-1"}) for n in names],
                              operation_timeout=10)
@@ -44,6 +47,40 @@ def create_topics(broker, names, partitions):
         except Exception as e:  # noqa: BLE001
             if "TOPIC_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
                 raise SystemExit(f"creating topic {name}: {e}")
+
+
+def read_topic(broker, topic, on_value, timeout=300.0):
+    """Calls on_value(value bytes) for every record of `topic`, from the
+    beginning of each partition to the end it has now; returns the count."""
+    c = Consumer({"bootstrap.servers": broker, "group.id": f"bench-read-{os.getpid()}",
+                  "enable.auto.commit": "false", "auto.offset.reset": "earliest"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            raise SystemExit(f"reading {topic}: no such topic")
+        ends, assign = {}, []
+        for p in sorted(md.topics[topic].partitions):
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if hi > lo:
+                ends[p] = hi
+                assign.append(TopicPartition(topic, p, lo))
+        c.assign(assign)
+        n = 0
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"reading {topic}: partitions {sorted(ends)} not read to their end "
+                                 f"within {timeout:.0f} s")
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    raise SystemExit(f"reading {topic}: {m.error()}")
+                on_value(m.value())
+                n += 1
+                if m.offset() + 1 >= ends.get(m.partition(), 0):
+                    ends.pop(m.partition(), None)
+        return n
+    finally:
+        c.close()
 
 
 def percentile(sorted_vals, q):

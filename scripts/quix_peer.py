@@ -15,6 +15,9 @@ an output topic.
         runs the same fold over a JSONL file in memory and compares its
         transitions with those of a siklus replay of the same file.
 
+bench.py also uses `Transitions` and `compare` to check the Kafka Streams
+peer (scripts/peers/kstreams) against siklus over the same topic.
+
 The fold follows processor/src/fold.rs (DESIGN.md §1) rule for rule, with the
 same defaults (at risk after 30 days, churned after 90, loyal = 3 orders in
 180 days, the last 32 orders kept, the last 16 event ids kept for
@@ -320,7 +323,8 @@ def run(a):
         consumer_group=a.group,
         auto_offset_reset="earliest",
         state_dir=a.state_dir,
-        # siklus has no changelog topic, and commits every second.
+        # No changelog topic: bench.py compares this run with siklus's run
+        # with its changelog off. Commits every second, as siklus does.
         use_changelog_topics=False,
         commit_interval=1.0,
         loglevel="WARNING",
@@ -363,6 +367,44 @@ def run(a):
         sys.exit(f"quix peer: saw {counts['records']} of {a.expect} records before going idle")
 
 
+def transition_key(t):
+    """What two folds must agree on for one transition (its id and seq are
+    each fold's own numbering)."""
+    return (t["customer_id"], t["dimension"], t["from_stage"], t["to_stage"],
+            t["occurred_at"], t["triggering_event_id"], t["rule"])
+
+
+def _digest(text):
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+class Transitions:
+    """The transitions of one fold by key (a key seen twice, e.g. from two
+    runs or an at-least-once repeat, counts once), split into event-triggered
+    and timer ones, each with a digest of its profile snapshot. Digests keep
+    the memory small when millions of transitions are read from a topic."""
+
+    def __init__(self):
+        self.event = {}
+        self.timer = {}
+
+    def add(self, t):
+        side = self.event if t["triggering_event_id"] else self.timer
+        side[_digest(repr(transition_key(t)))] = _digest(json.dumps(t["profile"], sort_keys=True))
+
+
+def compare(reference, peer):
+    """Counts of a peer's transitions against siklus's (the reference)."""
+    ev_same = reference.event.keys() & peer.event.keys()
+    return {
+        "event_transitions": len(reference.event), "event_transitions_peer": len(peer.event),
+        "event_transitions_same": len(ev_same),
+        "event_snapshots_same": sum(1 for k in ev_same if reference.event[k] == peer.event[k]),
+        "timer_transitions": len(reference.timer), "timer_transitions_peer": len(peer.timer),
+        "timer_transitions_same": len(reference.timer.keys() & peer.timer.keys()),
+    }
+
+
 def check(a):
     profiles = {}
     ours = []
@@ -376,31 +418,17 @@ def check(a):
                 profiles.pop(cid, None)
             else:
                 profiles[cid] = p2
-
-    def key(t):
-        return (t["customer_id"], t["dimension"], t["from_stage"], t["to_stage"],
-                t["occurred_at"], t["triggering_event_id"], t["rule"])
-
-    theirs = []
+    mine = Transitions()
+    for t in ours:
+        mine.add(t)
+    theirs = Transitions()
     with open(a.against) as f:
         for line in f:
-            theirs.append(json.loads(line))
-    mine_ev = {key(t) for t in ours if t["triggering_event_id"]}
-    theirs_ev = {key(t) for t in theirs if t["triggering_event_id"]}
-    mine_timer = {key(t) for t in ours if not t["triggering_event_id"]}
-    theirs_timer = {key(t) for t in theirs if not t["triggering_event_id"]}
-    # Snapshots of event-triggered transitions, compared field by field.
-    snap_theirs = {key(t): t["profile"] for t in theirs if t["triggering_event_id"]}
-    snap_same = sum(1 for t in ours if t["triggering_event_id"]
-                    and snap_theirs.get(key(t)) == t["profile"])
-    print(json.dumps({
-        "events": sum(p["ev"] for p in profiles.values()),
-        "event_transitions": len(theirs_ev), "event_transitions_quix": len(mine_ev),
-        "event_transitions_same": len(mine_ev & theirs_ev),
-        "event_snapshots_same": snap_same,
-        "timer_transitions": len(theirs_timer), "timer_transitions_quix": len(mine_timer),
-        "timer_transitions_same": len(mine_timer & theirs_timer),
-    }))
+            theirs.add(json.loads(line))
+    c = compare(theirs, mine)
+    out = {"events": sum(p["ev"] for p in profiles.values())}
+    out.update({k.replace("_peer", "_quix"): v for k, v in c.items()})
+    print(json.dumps(out))
 
 
 def main():
