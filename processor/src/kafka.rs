@@ -234,6 +234,10 @@ pub struct TopicSpec {
     pub partitions: i32,
     /// Whether it is compacted (keyed upserts: the last value per key counts).
     pub compacted: bool,
+    /// Whether its records carry event times as timestamps (transitions and
+    /// audience events): it is created with `retention.ms = -1`, since a
+    /// time-based retention would delete a backfill of old history at once.
+    pub event_timed: bool,
 }
 
 /// Every topic a run with this configuration needs, given the input's
@@ -245,10 +249,15 @@ pub fn topic_specs(cfg: &Config, parts: i32) -> Vec<TopicSpec> {
         name,
         partitions,
         compacted,
+        event_timed: false,
+    };
+    let timed = |name: String, partitions: i32| TopicSpec {
+        event_timed: true,
+        ..spec(name, partitions, false)
     };
     let mut wanted = vec![
         spec(cfg.topics.input.clone(), parts, false),
-        spec(cfg.topics.transitions.clone(), parts, false),
+        timed(cfg.topics.transitions.clone(), parts),
         spec(cfg.topics.dlq.clone(), 1, false),
         spec(cfg.topics.aggregates.clone(), 1, true),
         spec(cfg.topics.cohorts.clone(), 1, true),
@@ -257,7 +266,7 @@ pub fn topic_specs(cfg: &Config, parts: i32) -> Vec<TopicSpec> {
         spec(cfg.instances_topic(), 1, true),
     ];
     if !cfg.topics.segment.is_empty() {
-        wanted.push(spec(cfg.topics.segment.clone(), parts, false));
+        wanted.push(timed(cfg.topics.segment.clone(), parts));
     }
     if cfg.processor.changelog {
         wanted.push(spec(cfg.changelog_topic(), parts, true));
@@ -307,6 +316,8 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
             let t = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(rf));
             if spec.compacted {
                 t.set("cleanup.policy", "compact")
+            } else if spec.event_timed {
+                t.set("retention.ms", "-1")
             } else {
                 t
             }
@@ -455,6 +466,7 @@ pub fn is_permanent(e: &KafkaError) -> bool {
             | RDKafkaErrorCode::ClusterAuthorizationFailed
             | RDKafkaErrorCode::PolicyViolation
             | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::InvalidTimestamp
     )
 }
 
@@ -706,7 +718,12 @@ impl OutputSink {
             .key(t.customer_id.as_bytes())
             .payload(payload)
             .headers(h);
-        if t.occurred_at >= 0 {
+        // The event time, unless it lies ahead of the wall clock (a timer
+        // fired by an end time in the future): brokers refuse timestamps
+        // more than `log.message.timestamp.after.max.ms` (an hour, by
+        // default on Kafka 4) ahead of their clock; the record then gets
+        // the produce time.
+        if (0..=crate::wall_clock_ms()).contains(&t.occurred_at) {
             record = record.timestamp(t.occurred_at);
         }
         self.produce_record(&self.producer, record);
@@ -818,13 +835,13 @@ impl OutputSink {
         for t in &out.transitions {
             let payload = self.encoder.encode(t)?;
             self.send_transition(t, &payload);
-            if let Some(topic) = self
-                .segment_topic
-                .as_ref()
-                .filter(|_| stage_selected(&self.segment_stages, &t.to_stage))
-            {
+            if let Some(topic) = &self.segment_topic {
+                // Each audience event by its own stage: leaving a selected
+                // stage for an unselected one still says `Audience Exited`.
                 for e in crate::segment::audience_events(t) {
-                    self.send(topic, t.customer_id.as_bytes(), &e.to_json(), None);
+                    if stage_selected(&self.segment_stages, &e.properties.stage) {
+                        self.send(topic, t.customer_id.as_bytes(), &e.to_json(), None);
+                    }
                 }
             }
         }

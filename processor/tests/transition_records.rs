@@ -162,7 +162,7 @@ fn transitions_carry_routing_headers_and_their_event_time_and_the_segment_topic_
     let segment = read_all(&servers, "siklus.segment", 2);
     assert!(!segment.is_empty());
     for e in &segment {
-        let stage = e.value["properties"]["to_stage"].as_str().unwrap();
+        let stage = e.value["properties"]["stage"].as_str().unwrap();
         assert!(
             stage == "converted" || stage == "churned",
             "unselected stage {stage} in the segment topic"
