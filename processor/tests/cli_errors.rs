@@ -160,6 +160,7 @@ fn config_check_prints_toml_with_every_secret_masked() {
         "registry-pw-7",
         "registry-url-pw-8",
         "http-url-pw-9",
+        "read-api-token-10",
     ];
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("siklus.toml");
@@ -186,6 +187,7 @@ basic_auth_user_info = "svc:{}"
 
 [processor]
 advertised_http = "http://admin:{}@siklus-1:9464"
+http_token = "{}"
 "#,
             secrets[0],
             secrets[1],
@@ -196,6 +198,7 @@ advertised_http = "http://admin:{}@siklus-1:9464"
             secrets[7],
             secrets[6],
             secrets[8],
+            secrets[9],
         ),
     )
     .unwrap();
@@ -235,6 +238,7 @@ advertised_http = "http://admin:{}@siklus-1:9464"
         shown["processor"]["advertised_http"].as_str(),
         Some("http://admin:***@siklus-1:9464")
     );
+    assert_eq!(shown["processor"]["http_token"].as_str(), Some("***"));
     assert!(err.contains("configuration is valid"), "{err}");
 
     // The printed configuration is itself a valid configuration file.
