@@ -1,9 +1,14 @@
-//! Harness of the end-to-end tests: a real tansu broker per test on a free
-//! loopback port, unique topic and group names, topic helpers, and the
-//! `siklus` binary as a child process. [`MockBroker`] is librdkafka's mock
-//! cluster in a process of its own, for tests that need transactions.
+//! Harness of the end-to-end tests: a real Apache Kafka broker (KRaft, one
+//! combined broker and controller, run by `scripts/kafka-broker.sh`), unique
+//! topic and group names, topic helpers, and the `siklus` binary as a child
+//! process. [`MockBroker`] is librdkafka's mock cluster in a process of its
+//! own, pinning what the demo (which runs on that mock) relies on.
 //!
-//! A missing broker binary is a failure, never a skip.
+//! Tests share one broker per test binary ([`Broker::shared`]) and keep apart
+//! by their own topics and groups ([`unique`]); the fault tests that stop or
+//! restart a broker start their own ([`Broker::start`]). A broker that cannot
+//! start (its jars missing: run `scripts/setup-test.sh`) fails the test, never
+//! skips it.
 
 pub mod registry;
 
@@ -13,6 +18,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -23,25 +29,45 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-/// A running tansu broker, killed on drop.
+/// A running Apache Kafka broker, reached at [`Broker::addr`].
+///
+/// Its directory holds the config (with its ports), the data, the log
+/// (`broker.log`) and the pid; `scripts/kafka-broker.sh` manages it.
 pub struct Broker {
-    child: Child,
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT`. The same after [`Broker::restart`].
     pub addr: String,
-    _dir: tempfile::TempDir,
+    /// The broker's directory.
+    dir: PathBuf,
+    /// A broker of one test ([`Broker::start`]): its directory, removed
+    /// (after the broker is killed) on drop. `None` for the shared broker,
+    /// whose watchdog removes its directory when the test run ends.
+    own: Option<tempfile::TempDir>,
 }
 
-fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(p);
+/// `scripts/kafka-broker.sh` of this checkout.
+fn broker_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-broker.sh")
+}
+
+/// Runs `kafka-broker.sh ARGS` and returns what it printed on stdout.
+/// Panics with its stderr when it fails.
+fn broker_script_run(args: &[&str], envs: &[(&str, String)]) -> String {
+    let mut cmd = Command::new("bash");
+    cmd.arg(broker_script()).args(args).stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = Path::new(&home).join(".cargo/bin/tansu");
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from("tansu")
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", broker_script().display()));
+    assert!(
+        out.status.success(),
+        "scripts/kafka-broker.sh {} failed ({}):\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A free loopback port (bound, then released).
@@ -51,59 +77,106 @@ pub fn free_port() -> u16 {
 }
 
 impl Broker {
-    /// Starts tansu on a free port and waits until it answers metadata requests.
-    /// Panics (fails the test) when tansu is not installed: run `scripts/setup.sh`.
-    pub fn start() -> Broker {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for _ in 0..3 {
-            let port = free_port();
-            let addr = format!("127.0.0.1:{port}");
-            let url = format!("tcp://{addr}");
-            let log = std::fs::File::create(dir.path().join(format!("tansu-{port}.log")))
-                .expect("log file");
-            let child = Command::new(tansu_bin())
-                .arg("broker")
-                .env("LISTENER_URL", &url)
-                .env("ADVERTISED_LISTENER_URL", &url)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start the tansu broker ({}): {e}. Install it with scripts/setup.sh",
-                        tansu_bin().display()
+    /// The broker shared by the tests of this test binary, started by the
+    /// first of them that asks.
+    ///
+    /// Under `cargo test`, one process runs every test of a binary: the
+    /// broker lives in a static and dies with the process (statics are
+    /// never dropped, so the start script's watchdog watches this
+    /// process). nextest runs each test in a process of its own: there the
+    /// tests of one binary find each other's broker through a directory
+    /// named after the run (`NEXTEST_RUN_ID`) and the binary, under the
+    /// script's lock. Each test process registers as a user; the watchdog
+    /// stops the broker when no user has been alive for 20 s (a later test
+    /// brings it back, with its data, on its port) and removes it when the
+    /// test runner (this process's parent) exits.
+    pub fn shared() -> &'static Broker {
+        static SHARED: OnceLock<Broker> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let me = std::process::id();
+            let per_test =
+                std::env::var("NEXTEST_EXECUTION_MODE").as_deref() == Ok("process-per-test");
+            let run_id = std::env::var("NEXTEST_RUN_ID").ok();
+            let (key, watch, idle) = match (per_test, run_id) {
+                (true, Some(run)) => {
+                    let exe = std::env::current_exe().expect("current exe");
+                    let bin = exe
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    (
+                        format!("{run}-{bin}"),
+                        std::os::unix::process::parent_id(),
+                        Some("20"),
                     )
-                });
-            let mut b = Broker {
-                child,
-                addr,
-                _dir: tempfile::tempdir().expect("tempdir"),
+                }
+                _ => (format!("pid-{me}"), me, None),
             };
-            if b.wait_ready(Duration::from_secs(20)) {
-                b._dir = dir;
-                return b;
+            let dir = std::env::temp_dir().join(format!("siklus-kafka-{key}"));
+            let mut envs = vec![
+                ("KAFKA_BROKER_WATCH_PID", watch.to_string()),
+                ("KAFKA_BROKER_REMOVE_DIR", "1".to_string()),
+                ("KAFKA_BROKER_USER_PID", me.to_string()),
+            ];
+            if let Some(idle) = idle {
+                envs.push(("KAFKA_BROKER_IDLE_STOP", idle.to_string()));
             }
-            let _ = b.child.kill();
-        }
-        panic!("tansu did not become ready");
+            let dir_arg = dir.to_string_lossy().into_owned();
+            let addr = broker_script_run(&["start", &dir_arg], &envs);
+            Broker {
+                addr,
+                dir,
+                own: None,
+            }
+        })
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("tansu exited at start: {status}");
-            }
-            if TcpStream::connect(&self.addr).is_ok() {
-                let c: BaseConsumer = self.client().create().expect("client");
-                if c.fetch_metadata(None, Duration::from_secs(2)).is_ok() {
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
+    /// Starts a broker of this test's own on free ports, for tests that
+    /// stop or restart it ([`Broker::stop`], [`Broker::restart`]); the
+    /// others use [`Broker::shared`]. Killed on drop, and by the start
+    /// script's watchdog should this process die first.
+    pub fn start() -> Broker {
+        let tmp = tempfile::Builder::new()
+            .prefix("siklus-kafka-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let addr = broker_script_run(
+            &["start", &dir.to_string_lossy()],
+            &[("KAFKA_BROKER_WATCH_PID", std::process::id().to_string())],
+        );
+        Broker {
+            addr,
+            dir,
+            own: Some(tmp),
         }
-        false
+    }
+
+    /// Stops the broker cleanly (SIGTERM; SIGKILL after 30 s). Its data and
+    /// port stay for [`Broker::restart`]. Only for brokers of [`Broker::start`].
+    pub fn stop(&self) {
+        assert!(
+            self.own.is_some(),
+            "the shared broker is not stopped by tests"
+        );
+        broker_script_run(&["stop", &self.dir.to_string_lossy()], &[]);
+    }
+
+    /// Starts the broker again, stopping it first if it runs: the same port
+    /// and the same data. Returns once it serves clients.
+    pub fn restart(&self) {
+        self.stop();
+        let watch = std::process::id().to_string();
+        let addr = broker_script_run(
+            &["start", &self.dir.to_string_lossy()],
+            &[("KAFKA_BROKER_WATCH_PID", watch)],
+        );
+        assert_eq!(addr, self.addr, "the broker came back on another port");
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
     }
 
     /// A client config pointing at this broker.
@@ -124,22 +197,7 @@ impl Broker {
         for r in res {
             r.unwrap_or_else(|(n, e)| panic!("create topic {n}: {e}"));
         }
-        let c: BaseConsumer = self.client().create().expect("client");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let md = c
-                .fetch_metadata(Some(name), Duration::from_secs(5))
-                .expect("metadata");
-            if md
-                .topics()
-                .first()
-                .is_some_and(|t| t.partitions().len() == partitions as usize)
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "topic {name} did not appear");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_topic(self.client(), name, partitions);
     }
 
     /// Produces records (key, value) and waits for their acknowledgement.
@@ -171,59 +229,157 @@ impl Broker {
         produce_records(self.client(), topic, partition, records)
     }
 
-    /// Reads every record of a topic up to its current end.
+    /// Reads every record of a topic up to its current end
+    /// (`isolation.level=read_uncommitted`: also the records of open and
+    /// aborted transactions).
     pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        read_until_end(self.client(), topic, "read_uncommitted")
+    }
+
+    /// The offsets `group` has committed on each partition of `topic`
+    /// (-1 where it has committed none).
+    pub fn committed(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
         let c: BaseConsumer = self
             .client()
-            .set("group.id", unique("reader"))
+            .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
             .expect("consumer");
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
+        let md = retrying("metadata", || {
+            c.fetch_metadata(Some(topic), Duration::from_secs(10))
+        });
         let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
         let mut tpl = TopicPartitionList::new();
-        let mut ends = BTreeMap::new();
         for p in 0..parts {
-            let (_, high) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks");
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("tpl");
+            tpl.add_partition(topic, p);
         }
-        c.assign(&tpl).expect("assign");
-        let mut pos: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // tansu 0.6 reports a high watermark below the true end of the log
-        // (the last batch's base offset + 1), so also wait for a quiet period.
-        let mut last = Instant::now();
-        loop {
-            let behind = ends
-                .iter()
-                .any(|(p, h)| pos.get(p).copied().unwrap_or(0) < *h);
-            if !behind && last.elapsed() > Duration::from_millis(1500) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "timed out reading {topic}");
-            if let Some(m) = c.poll(Duration::from_millis(100)) {
-                let m = m.expect("message");
-                last = Instant::now();
-                pos.insert(m.partition(), m.offset() + 1);
-                out.push(Record::of(&m));
-            }
-        }
-        out
+        let got = retrying("committed offsets", || {
+            c.committed_offsets(tpl.clone(), Duration::from_secs(10))
+        });
+        (0..parts)
+            .map(|p| {
+                let o = match got.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1,
+                };
+                (p, o)
+            })
+            .collect()
+    }
+
+    /// Reads every committed record of a topic up to its last stable offset
+    /// (`isolation.level=read_committed`), as a downstream exactly-once
+    /// reader sees it.
+    pub fn read_all_committed(&self, topic: &str) -> Vec<Record> {
+        read_until_end(self.client(), topic, "read_committed")
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Only a test's own broker; the shared one lives in a static. A
+        // throwaway broker needs no clean shutdown: SIGKILL, and the
+        // directory goes with `own`.
+        if self.own.is_some() {
+            if let Some(pid) = std::fs::read_to_string(self.dir.join("broker.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
+}
+
+/// Waits until a topic's metadata shows all its partitions.
+fn wait_for_topic(client: ClientConfig, name: &str, partitions: i32) {
+    let c: BaseConsumer = client.create().expect("client");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let md = c
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .expect("metadata");
+        if md
+            .topics()
+            .first()
+            .is_some_and(|t| t.partitions().len() == partitions as usize)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} did not appear");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Calls `f` until it succeeds, for up to 30 s: a topic that siklus has
+/// just created may have no leader yet (NotLeaderForPartition,
+/// LeaderNotAvailable) for a moment.
+fn retrying<T>(what: &str, mut f: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// Reads every record of a topic from the beginning up to the end each
+/// partition has when the read starts: the high watermark, or under
+/// `read_committed` the last stable offset. A topic that does not exist
+/// reads as empty.
+fn read_until_end(mut client: ClientConfig, topic: &str, isolation: &str) -> Vec<Record> {
+    let c: BaseConsumer = client
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let md = retrying("metadata", || {
+        c.fetch_metadata(Some(topic), Duration::from_secs(10))
+    });
+    let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..parts {
+        // Under read_committed this is the last stable offset.
+        let (_, end) = retrying("watermarks", || {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+        });
+        ends.insert(p, end);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The position, not the last record: it also moves past
+        // transaction markers and aborted records.
+        let pos = c.position().expect("position");
+        let behind = ends.iter().any(|(p, end)| {
+            let at = match pos.find_partition(topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            at < *end
+        });
+        if !behind {
+            break;
+        }
+        assert!(Instant::now() < deadline, "timed out reading {topic}");
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            out.push(Record::of(&m.expect("message")));
+        }
+    }
+    out
 }
 
 /// A consumed record.
@@ -308,8 +464,9 @@ fn produce_records(
 }
 
 /// A running `mock-broker` (librdkafka's mock cluster in a process of its
-/// own), killed on drop. It has transactions, which tansu lacks, but see
-/// `tests/tests/mock_broker.rs` for what its transactions do not do.
+/// own), killed on drop: the broker of `siklus demo`, whose behaviour
+/// `tests/tests/mock_broker.rs` pins. Never a stand-in for [`Broker`] in
+/// exactly-once tests: it keeps no transaction markers and does not fence.
 pub struct MockBroker {
     child: Child,
     /// The bootstrap servers, `127.0.0.1:PORT,127.0.0.1:PORT,...`.
@@ -395,113 +552,22 @@ impl MockBroker {
             stdout.read_line(&mut reply).expect("read from mock-broker");
             assert_eq!(reply.trim_end(), "OK", "create topic {name}");
         }
-        let c: BaseConsumer = self.client().create().expect("client");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let md = c
-                .fetch_metadata(Some(name), Duration::from_secs(5))
-                .expect("metadata");
-            if md
-                .topics()
-                .first()
-                .is_some_and(|t| t.partitions().len() == partitions as usize)
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "topic {name} did not appear");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_topic(self.client(), name, partitions);
     }
 
     /// Produces records (key, value) and waits for their acknowledgement.
     pub fn produce(&self, topic: &str, records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) {
-        self.produce_to(topic, None, records)
-    }
-
-    /// Produces records to one partition (or by key when `None`).
-    pub fn produce_to(
-        &self,
-        topic: &str,
-        partition: Option<i32>,
-        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
-    ) {
-        self.produce_timed(
+        produce_records(
+            self.client(),
             topic,
-            partition,
+            None,
             records.into_iter().map(|(k, v)| (k, v, None)),
         )
     }
 
-    /// Produces records with explicit timestamps (epoch ms) where given.
-    pub fn produce_timed(
-        &self,
-        topic: &str,
-        partition: Option<i32>,
-        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, Option<i64>)>,
-    ) {
-        produce_records(self.client(), topic, partition, records)
-    }
-
-    /// Reads every record of a topic up to its current end
-    /// (`isolation.level=read_uncommitted`).
+    /// Reads every record of a topic up to its current end.
     pub fn read_all(&self, topic: &str) -> Vec<Record> {
-        self.read_with(topic, "read_uncommitted")
-    }
-
-    /// Reads every committed record of a topic up to its last stable offset
-    /// (`isolation.level=read_committed`). On the mock this is the same as
-    /// [`MockBroker::read_all`]: it reports the high watermark as the last
-    /// stable offset and no aborted transactions.
-    pub fn read_all_committed(&self, topic: &str) -> Vec<Record> {
-        self.read_with(topic, "read_committed")
-    }
-
-    fn read_with(&self, topic: &str, isolation: &str) -> Vec<Record> {
-        let c: BaseConsumer = self
-            .client()
-            .set("group.id", unique("reader"))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", isolation)
-            .create()
-            .expect("consumer");
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = BTreeMap::new();
-        for p in 0..parts {
-            // Under read_committed this is the last stable offset.
-            let (_, end) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks");
-            ends.insert(p, end);
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("tpl");
-        }
-        c.assign(&tpl).expect("assign");
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            // The position, not the last record: it also moves past
-            // transaction markers and aborted records.
-            let pos = c.position().expect("position");
-            let behind = ends.iter().any(|(p, end)| {
-                let at = match pos.find_partition(topic, *p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    _ => 0,
-                };
-                at < *end
-            });
-            if !behind {
-                break;
-            }
-            assert!(Instant::now() < deadline, "timed out reading {topic}");
-            if let Some(m) = c.poll(Duration::from_millis(100)) {
-                out.push(Record::of(&m.expect("message")));
-            }
-        }
-        out
+        read_until_end(self.client(), topic, "read_uncommitted")
     }
 }
 
@@ -553,7 +619,7 @@ pub fn siklus_bin() -> PathBuf {
 pub fn write_config(dir: &Path, broker: &Broker, input: &str, group: &str, extra: &str) -> PathBuf {
     let p = dir.join("siklus.toml");
     let text = format!(
-        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n# The rebalance timeout (librdkafka default 300 s): how long a rebalance\n# waits for members that do not rejoin, such as killed ones.\n\"max.poll.interval.ms\" = \"20000\"\n\"session.timeout.ms\" = \"10000\"\n\n[topics]\ninput = \"{input}\"\ntransitions = \"{group}.transitions\"\naggregates = \"{group}.aggregates\"\ncohorts = \"{group}.cohorts\"\ndlq = \"{group}.dlq\"\n\n[processor]\ngroup_id = \"{group}\"\nstate_dir = \"{}\"\ncommit_interval_ms = 200\n{idle}# tansu 0.6 cannot fetch from the middle of a batch\nresume_rewind = 1000000\n{extra}\n",
+        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n\n[topics]\ninput = \"{input}\"\ntransitions = \"{group}.transitions\"\naggregates = \"{group}.aggregates\"\ncohorts = \"{group}.cohorts\"\ndlq = \"{group}.dlq\"\n\n[processor]\ngroup_id = \"{group}\"\nstate_dir = \"{}\"\ncommit_interval_ms = 200\n{idle}{extra}\n",
         broker.addr,
         dir.join("state").display(),
         idle = if extra.contains("idle_timeout_ms") { "" } else { "idle_timeout_ms = 2000\n" },
@@ -563,7 +629,11 @@ pub fn write_config(dir: &Path, broker: &Broker, input: &str, group: &str, extra
 }
 
 /// Starts `siklus run` as a child process.
-pub fn spawn_run(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Child {
+///
+/// The child is SIGKILLed on drop if it still runs, so that a failing test
+/// (its panic unwinds through the drop) leaves no `siklus` behind to load
+/// the machine and the broker during the tests after it.
+pub fn spawn_run(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> KillOnDrop {
     // Appends, so the logs of every run against one state dir are kept.
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -580,7 +650,35 @@ pub fn spawn_run(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Child {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawn siklus")
+    KillOnDrop(cmd.spawn().expect("spawn siklus"))
+}
+
+/// A child process, SIGKILLed and reaped on drop unless it was reaped
+/// before. Derefs to [`Child`].
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // A reaped child is not signalled again (its pid may be reused):
+        // `Child::kill` knows it exited.
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Waits until `f` returns true, failing the test after `timeout`.

@@ -35,7 +35,7 @@ fn aggregates(broker: &Broker, topic: &str) -> BTreeMap<String, serde_json::Valu
 
 #[test]
 fn two_instances_aggregate_like_one_instance_and_like_the_replay() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let input = unique("agg-in");
     broker.create_topic(&input, 4);
     let evs = events();
@@ -166,7 +166,7 @@ fn two_instances_aggregate_like_one_instance_and_like_the_replay() {
 
 #[test]
 fn an_idle_partition_does_not_hold_windows_back() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let input = unique("idle-in");
     broker.create_topic(&input, 2);
     // Only partition 0 ever gets data.

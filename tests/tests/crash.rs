@@ -28,12 +28,6 @@ fn load_input(broker: &Broker, topic: &str) {
     broker.produce(topic, records);
 }
 
-/// The eager protocol: with cooperative-sticky, tansu 0.6 was seen (once in
-/// several runs) never to reassign the partitions of a SIGKILLed member to
-/// its restarted successor. Rebalances under cooperative-sticky are covered
-/// by tests/rebalance.rs.
-const EAGER: (&str, &str) = ("SIKLUS_KAFKA__PARTITION_ASSIGNMENT_STRATEGY", "range");
-
 fn run_to_end(
     dir: &Path,
     broker: &Broker,
@@ -42,9 +36,7 @@ fn run_to_end(
     envs: &[(&str, &str)],
 ) -> std::process::ExitStatus {
     let cfg = write_config(dir, broker, input, group, "max_batch = 300\n# every partition is busy here: no idle shortcuts\nidle_timeout_ms = 600000");
-    let mut envs = envs.to_vec();
-    envs.push(EAGER);
-    let mut child = spawn_run(&cfg, &["--stop-at-end", "--until", UNTIL], &envs);
+    let mut child = spawn_run(&cfg, &["--stop-at-end", "--until", UNTIL], envs);
     wait_exit(
         &mut child,
         Duration::from_secs(240),
@@ -112,7 +104,7 @@ fn assert_same_state(
 
 #[test]
 fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let input = unique("crash-in");
     load_input(&broker, &input);
 
@@ -132,7 +124,7 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let group = unique("kill");
     let cfg = write_config(dir.path(), &broker, &input, &group, "max_batch = 300\n# every partition is busy here: no idle shortcuts\nidle_timeout_ms = 600000");
-    let mut child = spawn_run(&cfg, &["--stop-at-end", "--until", UNTIL], &[EAGER]);
+    let mut child = spawn_run(&cfg, &["--stop-at-end", "--until", UNTIL], &[]);
     let out_topic = format!("{group}.transitions");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -148,10 +140,8 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
             break;
         }
     }
-    // Let the group coordinator evict the dead member (session.timeout.ms is
-    // 10 s) before its successor joins: tansu 0.6 was seen to stall a join
-    // that raced the eviction. This models a restart, not a synchronisation.
-    std::thread::sleep(Duration::from_secs(11));
+    // Restarted at once: the successor joins while the dead member is still
+    // in the group, until the coordinator evicts it (session.timeout.ms).
     assert!(run_to_end(dir.path(), &broker, &input, &group, &[]).success());
     let log = std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default();
     let warnings: Vec<&str> = log
@@ -176,7 +166,7 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
 /// firing timers before the events that precede them.
 #[test]
 fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let input = unique("abort-in");
     load_input(&broker, &input);
     let ref_dir = tempfile::tempdir().unwrap();
@@ -196,10 +186,6 @@ fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
         &[("SIKLUS_FAULT_ABORT_AFTER_STEPS", "5")],
     );
     assert!(!status.success(), "the fault injection did not fire");
-    // The aborted member must leave the group (session timeout) before its
-    // successor joins: tansu 0.6 was seen never to assign partitions to a
-    // member that joined while the dead one was still in the group.
-    std::thread::sleep(Duration::from_secs(11));
     let status = run_to_end(
         dir.path(),
         &broker,
@@ -208,7 +194,6 @@ fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
         &[("SIKLUS_FAULT_ABORT_AFTER_STEPS", "17")],
     );
     assert!(!status.success(), "the second fault injection did not fire");
-    std::thread::sleep(Duration::from_secs(11));
     assert!(run_to_end(dir.path(), &broker, &input, &group, &[]).success());
     {
         let got_state = state_of(dir.path());

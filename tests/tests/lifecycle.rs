@@ -38,7 +38,7 @@ fn json(e: &InteractionEvent) -> Vec<u8> {
 
 #[test]
 fn events_become_transitions_and_poison_goes_to_the_dlq() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let group = unique("life");
     let input = format!("{group}.events");
     broker.create_topic(&input, 4);

@@ -24,7 +24,7 @@ fn ev(id: &str, customer: &str, ty: &str, at: &str) -> Vec<u8> {
 
 #[test]
 fn metrics_readiness_and_read_api_during_a_live_run() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let group = unique("api");
     let input = format!("{group}.events");
     broker.create_topic(&input, 2);

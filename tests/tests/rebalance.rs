@@ -8,7 +8,7 @@ use siklus_e2e::*;
 
 #[test]
 fn a_rebalance_mid_stream_loses_nothing() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let input = unique("reb-in");
     broker.create_topic(&input, 4);
     broker.produce(

@@ -58,7 +58,7 @@ fn evolved_wire(e: &InteractionEvent, id: u32) -> Vec<u8> {
 
 #[test]
 fn registry_run_decodes_by_id_dead_letters_unknown_ids_and_registers_outputs() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let reg = MockRegistry::start();
     let group = unique("reg");
     let input = format!("{group}.events");

@@ -5,17 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use siklus::generator::{Generator, GeneratorConfig};
 use siklus_e2e::*;
-
-/// The eager protocol for runs with SIGKILLs: with cooperative-sticky,
-/// tansu 0.6 was seen never to reassign the partitions of a SIGKILLed member
-/// to its restarted successor. Cooperative rebalances are exercised by the
-/// scale-out test (members leave cleanly there).
-const EAGER: (&str, &str) = ("SIKLUS_KAFKA__PARTITION_ASSIGNMENT_STRATEGY", "range");
 
 /// No idle shortcuts (they depend on wall-clock timing), moderate steps.
 const EXTRA: &str = "max_batch = 2000\nidle_timeout_ms = 600000";
@@ -104,8 +97,8 @@ fn assert_state_eq(got: &PartitionState, want: &PartitionState, what: &str) {
     }
 }
 
-fn spawn(cfg: &Path) -> Child {
-    spawn_run(cfg, &[], &[EAGER])
+fn spawn(cfg: &Path) -> KillOnDrop {
+    spawn_run(cfg, &[], &[])
 }
 
 /// Tiny deterministic PRNG for the kill schedule (xorshift).
@@ -121,7 +114,7 @@ impl Rng {
 
 #[test]
 fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let input = unique("chaos-in");
     let n = load(&broker, &input, 8, 26_000, 11);
     assert!(n >= 200_000, "only {n} events");
@@ -139,7 +132,7 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
         .iter()
         .map(|d| write_config(d.path(), &broker, &input, &group, EXTRA))
         .collect();
-    let mut children: Vec<Child> = cfgs.iter().map(|c| spawn(c)).collect();
+    let mut children: Vec<KillOnDrop> = cfgs.iter().map(|c| spawn(c)).collect();
     let seed = std::env::var("SIKLUS_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -166,35 +159,6 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
         );
         std::thread::sleep(Duration::from_millis(rng.next(3_000)));
         children[i] = spawn(&cfgs[i]);
-    }
-    // tansu 0.6 can leave the partitions of a SIGKILLed member unassigned
-    // until the next rebalance (it does not expire the member). When the
-    // output stops growing short of the reference, a clean restart of one
-    // instance (LeaveGroup, JoinGroup) makes that rebalance happen.
-    let mut nudges = 0;
-    let mut last = (0, Instant::now());
-    loop {
-        let n = std::panic::catch_unwind(|| transitions_by_id(&broker, &out).len()).unwrap_or(0);
-        if n >= want.len() {
-            break;
-        }
-        if n > last.0 {
-            last = (n, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(30) {
-            assert!(
-                nudges < 5,
-                "no progress at {n} of {} transitions",
-                want.len()
-            );
-            let i = nudges % 3;
-            terminate(&children[i]);
-            assert!(wait_exit(&mut children[i], Duration::from_secs(120), &cfgs[i]).success());
-            children[i] = spawn(&cfgs[i]);
-            nudges += 1;
-            eprintln!("nudge {nudges}: restarted instance {i} cleanly at {n} transitions");
-            last = (n, Instant::now());
-        }
-        std::thread::sleep(Duration::from_secs(2));
     }
     wait_settled(&broker, &out, want.len(), Duration::from_secs(600));
     for c in &children {
@@ -224,10 +188,10 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
         assert_eq!(best.0, *off, "partition {p} did not reach the end");
         assert!(best.1 == *profiles, "partition {p}: profiles differ");
     }
-    // And a new instance restoring everything from the changelog gets it too.
-    // tansu 0.6 keeps SIGKILLed members in the group, so a new member may
-    // never be given partitions here: `siklus state restore` rebuilds a new
-    // state directory from the changelog without joining the group.
+    // And a state rebuilt from the changelog alone has it too: `siklus state
+    // restore` reads every partition's changelog without joining the group.
+    // (A new member that joins and restores is the erasure test's
+    // `restore_fresh`.)
     let fresh = tempfile::tempdir().unwrap();
     let fcfg = write_config(fresh.path(), &broker, &input, &group, EXTRA);
     let o = std::process::Command::new(siklus_bin())
@@ -249,7 +213,7 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
 
 #[test]
 fn scale_out_and_in_restores_from_the_changelog() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let input = unique("scale-in");
     load(&broker, &input, 4, 5_000, 5);
     let (want_state, want, _ref_dir) = reference(&broker, &input);
@@ -269,8 +233,10 @@ fn scale_out_and_in_restores_from_the_changelog() {
     );
     // Cooperative-sticky (the default) here: members join and leave cleanly.
     let mut a = spawn_run(&ca, &[], &[]);
-    wait_until("A's first outputs", Duration::from_secs(120), || {
-        std::panic::catch_unwind(|| broker.read_all(&out).len()).unwrap_or(0) > 500
+    // B joins once A has committed steps on every partition, so that
+    // whichever partitions B takes, it restores them from the changelog.
+    wait_until("A to commit on every partition", Duration::from_secs(120), || {
+        broker.committed(&group, &input).values().all(|o| *o > 0)
     });
     let mut b = spawn_run(&cb, &[], &[]);
     wait_until("B to take partitions", Duration::from_secs(120), || {
@@ -314,7 +280,7 @@ fn scale_out_and_in_restores_from_the_changelog() {
 
 #[test]
 fn an_erased_customer_is_gone_from_inspect_the_changelog_and_a_restore() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let input = unique("erase-in");
     broker.create_topic(&input, 2);
     let mut events: Vec<siklus::model::InteractionEvent> = Generator::new(GeneratorConfig {
@@ -490,7 +456,7 @@ fn fields(line: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn a_standby_takes_over_without_a_full_restore() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let input = unique("standby-in");
     load(&broker, &input, 4, 5_000, 8);
     let (want_state, want, _ref_dir) = reference(&broker, &input);
@@ -509,8 +475,10 @@ fn a_standby_takes_over_without_a_full_restore() {
         &format!("{small}\nstandby_replicas = true\nhttp_listen = \"{metrics_addr}\""),
     );
     let mut a = spawn_run(&ca, &[], &[]);
-    wait_until("A's first outputs", Duration::from_secs(120), || {
-        std::panic::catch_unwind(|| broker.read_all(&out).len()).unwrap_or(0) > 500
+    // As in the scale-out test: B's own partitions have committed steps to
+    // restore when it joins.
+    wait_until("A to commit on every partition", Duration::from_secs(120), || {
+        broker.committed(&group, &input).values().all(|o| *o > 0)
     });
     let mut b = spawn_run(&cb, &[], &[]);
     wait_until(
