@@ -1,14 +1,11 @@
-//! `processing.guarantee = "exactly_once"` on librdkafka's mock cluster:
-//! a run is aborted right after a step's transaction committed and before
-//! its state reached RocksDB, then restarted. A `read_committed` reader of
-//! the transitions sees each one exactly once, because the restart restores
-//! the committed step from the changelog instead of processing it again.
-//! The same scenario at least once repeats the step's transitions, which
-//! shows the test can tell the two apart.
-//!
-//! The mock cluster keeps no transaction markers (see tests/mock_broker.rs),
-//! so a kill in the middle of a transaction, whose records a real broker
-//! would hide from `read_committed` readers, cannot be checked here.
+//! `processing.guarantee = "exactly_once"` on the real broker: a run is
+//! aborted right after a step's transaction committed and before its state
+//! reached RocksDB, then restarted. A `read_committed` reader of the
+//! transitions sees each one exactly once, because the restart restores the
+//! committed step from the changelog instead of processing it again. The
+//! same scenario at least once repeats the step's transitions, which shows
+//! the test can tell the two apart. A SIGKILL in the middle of a
+//! transaction leaves records on the topic that such a reader never sees.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,23 +17,7 @@ use siklus_e2e::*;
 
 const PARTITIONS: i32 = 4;
 
-/// Creates every topic of `group` (the mock cannot create topics itself).
-fn topics(broker: &MockBroker, input: &str, group: &str) {
-    for (t, p) in [
-        (format!("{group}.transitions"), PARTITIONS),
-        (format!("{group}.dlq"), 1),
-        (format!("{group}.aggregates"), 1),
-        (format!("{group}.cohorts"), 1),
-        (format!("siklus.{group}.partials"), 1),
-        (format!("siklus.{group}.instances"), 1),
-        (format!("siklus.{group}.profiles-changelog"), PARTITIONS),
-    ] {
-        broker.create_topic(&t, p);
-    }
-    let _ = input;
-}
-
-fn config(dir: &Path, broker: &MockBroker, input: &str, group: &str, guarantee: &str) -> PathBuf {
+fn config(dir: &Path, broker: &Broker, input: &str, group: &str, guarantee: &str) -> PathBuf {
     let p = dir.join("siklus.toml");
     std::fs::write(
         &p,
@@ -56,7 +37,7 @@ fn run(cfg: &Path, envs: &[(&str, &str)]) -> std::process::ExitStatus {
 }
 
 /// How many times each transition id was read (read_committed).
-fn counts(broker: &MockBroker, topic: &str) -> BTreeMap<String, usize> {
+fn counts(broker: &Broker, topic: &str) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for r in broker.read_all_committed(topic) {
         let t: StageTransition = serde_json::from_slice(&r.value.unwrap()).unwrap();
@@ -67,13 +48,12 @@ fn counts(broker: &MockBroker, topic: &str) -> BTreeMap<String, usize> {
 
 /// Aborts after the 3rd step's delivery, restarts, runs to the end.
 fn aborted_then_restarted(
-    broker: &MockBroker,
+    broker: &Broker,
     input: &str,
     guarantee: &str,
 ) -> (BTreeMap<String, usize>, String) {
     let dir = tempfile::tempdir().unwrap();
     let group = unique(&format!("eos-{guarantee}"));
-    topics(broker, input, &group);
     let cfg = config(dir.path(), broker, input, &group, guarantee);
     let status = run(&cfg, &[("SIKLUS_FAULT_ABORT_AFTER_STEPS", "3")]);
     assert!(!status.success(), "the fault injection did not fire");
@@ -82,15 +62,14 @@ fn aborted_then_restarted(
     (counts(broker, &format!("{group}.transitions")), log)
 }
 
-#[test]
-fn exactly_once_outputs_survive_a_kill_after_the_commit() {
-    let broker = MockBroker::start();
+/// A new input topic with the events of `customers` customers.
+fn load_input(broker: &Broker, customers: u64) -> String {
     let input = unique("eos-in");
     broker.create_topic(&input, PARTITIONS);
     broker.produce(
         &input,
         Generator::new(GeneratorConfig {
-            customers: 400,
+            customers,
             seed: 21,
             ..Default::default()
         })
@@ -101,19 +80,30 @@ fn exactly_once_outputs_survive_a_kill_after_the_commit() {
             )
         }),
     );
-    // Reference: one uninterrupted exactly-once run.
+    input
+}
+
+/// One uninterrupted exactly-once run: each transition id, read once.
+fn reference(broker: &Broker, input: &str) -> BTreeMap<String, usize> {
     let rd = tempfile::tempdir().unwrap();
     let rg = unique("eos-ref");
-    topics(&broker, &input, &rg);
-    let rc = config(rd.path(), &broker, &input, &rg, "exactly_once");
+    let rc = config(rd.path(), broker, input, &rg, "exactly_once");
     assert!(run(&rc, &[]).success());
     let log = std::fs::read_to_string(rc.with_extension("log")).unwrap_or_default();
     assert!(log.contains("exactly-once outputs"), "{log}");
-    let want = counts(&broker, &format!("{rg}.transitions"));
+    let want = counts(broker, &format!("{rg}.transitions"));
     assert!(want.len() > 100);
     assert!(want.values().all(|n| *n == 1));
+    want
+}
 
-    let (got, log) = aborted_then_restarted(&broker, &input, "exactly_once");
+#[test]
+fn exactly_once_outputs_survive_a_kill_after_the_commit() {
+    let broker = Broker::shared();
+    let input = load_input(broker, 400);
+    let want = reference(broker, &input);
+
+    let (got, log) = aborted_then_restarted(broker, &input, "exactly_once");
     assert!(
         log.contains("partition restored from the changelog"),
         "the committed step was not restored:\n{log}"
@@ -131,7 +121,7 @@ fn exactly_once_outputs_survive_a_kill_after_the_commit() {
     );
 
     // At least once, the same abort repeats the step's transitions.
-    let (alo, _) = aborted_then_restarted(&broker, &input, "at_least_once");
+    let (alo, _) = aborted_then_restarted(broker, &input, "at_least_once");
     assert!(
         alo.values().any(|n| *n > 1),
         "at least once repeated nothing: the scenario tests nothing"
@@ -139,5 +129,49 @@ fn exactly_once_outputs_survive_a_kill_after_the_commit() {
     assert_eq!(
         alo.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
+    );
+}
+
+/// A SIGKILL in the middle of the stream leaves a transaction open, whose
+/// records are on the topic but never committed: the restarted run fences
+/// the killed producer (same transactional.id), the broker aborts that
+/// transaction, and `read_committed` readers see each transition once.
+#[test]
+fn exactly_once_outputs_survive_a_sigkill_mid_stream() {
+    let broker = Broker::shared();
+    let input = load_input(broker, 1500);
+    let want = reference(broker, &input);
+
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("eos-kill");
+    let out = format!("{group}.transitions");
+    let cfg = config(dir.path(), broker, &input, &group, "exactly_once");
+    let mut child = spawn_run(&cfg, &["--stop-at-end"], &[]);
+    wait_until("committed output", Duration::from_secs(120), || {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the kill:\n{}",
+            log_of(&cfg)
+        );
+        broker.read_all_committed(&out).len() > want.len() / 4
+    });
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    let written = broker.read_all(&out).len();
+    let committed = broker.read_all_committed(&out).len();
+    eprintln!("at the kill: {written} transitions written, {committed} committed");
+    assert!(run(&cfg, &[]).success(), "{}", log_of(&cfg));
+
+    let got = counts(broker, &out);
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} transitions read more than once",
+        twice.len()
+    );
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "not the same transitions as the uninterrupted run"
     );
 }
