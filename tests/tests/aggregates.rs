@@ -45,8 +45,8 @@ fn two_instances_aggregate_like_one_instance_and_like_the_replay() {
     let group = unique("two");
     let d1 = tempfile::tempdir().unwrap();
     let d2 = tempfile::tempdir().unwrap();
-    let c1 = write_config(d1.path(), &broker, &input, &group, extra);
-    let c2 = write_config(d2.path(), &broker, &input, &group, extra);
+    let c1 = write_config(d1.path(), broker, &input, &group, extra);
+    let c2 = write_config(d2.path(), broker, &input, &group, extra);
     let mut a = spawn_run(&c1, &[], &[]);
     wait_until(
         "instance 1 to take partitions",
@@ -103,20 +103,20 @@ fn two_instances_aggregate_like_one_instance_and_like_the_replay() {
         "{}",
         log_of(&c2)
     );
-    let two = aggregates(&broker, &topic);
+    let two = aggregates(broker, &topic);
     assert!(two.len() > 300, "too few closed windows: {}", two.len());
 
     // One instance over the same topic.
     let single = unique("one");
     let d3 = tempfile::tempdir().unwrap();
-    let c3 = write_config(d3.path(), &broker, &input, &single, extra);
+    let c3 = write_config(d3.path(), broker, &input, &single, extra);
     let mut one = spawn_run(&c3, &["--stop-at-end"], &[]);
     assert!(
         wait_exit(&mut one, Duration::from_secs(180), &c3).success(),
         "{}",
         log_of(&c3)
     );
-    let one = aggregates(&broker, &format!("{single}.aggregates"));
+    let one = aggregates(broker, &format!("{single}.aggregates"));
     assert_eq!(one, two, "one instance and two instances disagree");
 
     // The file replay with the live policy: every window the live runs closed
@@ -183,7 +183,7 @@ fn an_idle_partition_does_not_hold_windows_back() {
     );
     let group = unique("idle");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &broker, &input, &group, "");
+    let cfg = write_config(dir.path(), broker, &input, &group, "");
     let mut child = spawn_run(&cfg, &[], &[]);
     let topic = format!("{group}.aggregates");
     wait_until(
@@ -193,7 +193,7 @@ fn an_idle_partition_does_not_hold_windows_back() {
     );
     terminate(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(60), &cfg).success());
-    let aggs = aggregates(&broker, &topic);
+    let aggs = aggregates(broker, &topic);
     let days = aggs.keys().filter(|k| k.starts_with("day/")).count();
     assert!(days > 30, "{days} day windows closed");
 }

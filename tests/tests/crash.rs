@@ -106,14 +106,14 @@ fn assert_same_state(
 fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
     let broker = Broker::shared();
     let input = unique("crash-in");
-    load_input(&broker, &input);
+    load_input(broker, &input);
 
     // Reference: one uninterrupted run.
     let ref_dir = tempfile::tempdir().unwrap();
     let ref_group = unique("ref");
-    assert!(run_to_end(ref_dir.path(), &broker, &input, &ref_group, &[]).success());
+    assert!(run_to_end(ref_dir.path(), broker, &input, &ref_group, &[]).success());
     let expected_state = state_of(ref_dir.path());
-    let expected = transitions_by_id(&broker, &format!("{ref_group}.transitions"));
+    let expected = transitions_by_id(broker, &format!("{ref_group}.transitions"));
     assert!(
         expected.len() > 1000,
         "too few transitions to be meaningful: {}",
@@ -123,7 +123,7 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
     // 2. SIGKILL at a moment chosen by the output's progress.
     let dir = tempfile::tempdir().unwrap();
     let group = unique("kill");
-    let cfg = write_config(dir.path(), &broker, &input, &group, "max_batch = 300\n# every partition is busy here: no idle shortcuts\nidle_timeout_ms = 600000");
+    let cfg = write_config(dir.path(), broker, &input, &group, "max_batch = 300\n# every partition is busy here: no idle shortcuts\nidle_timeout_ms = 600000");
     let mut child = spawn_run(&cfg, &["--stop-at-end", "--until", UNTIL], &[]);
     let out_topic = format!("{group}.transitions");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -142,7 +142,7 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
     }
     // Restarted at once: the successor joins while the dead member is still
     // in the group, until the coordinator evicts it (session.timeout.ms).
-    assert!(run_to_end(dir.path(), &broker, &input, &group, &[]).success());
+    assert!(run_to_end(dir.path(), broker, &input, &group, &[]).success());
     let log = std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default();
     let warnings: Vec<&str> = log
         .lines()
@@ -155,7 +155,7 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
         &expected_state,
         "state after SIGKILL",
     );
-    assert_eq!(transitions_by_id(&broker, &out_topic), expected);
+    assert_eq!(transitions_by_id(broker, &out_topic), expected);
 }
 
 /// The process aborts right after a step's outputs were delivered and before
@@ -168,19 +168,19 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
 fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
     let broker = Broker::shared();
     let input = unique("abort-in");
-    load_input(&broker, &input);
+    load_input(broker, &input);
     let ref_dir = tempfile::tempdir().unwrap();
     let ref_group = unique("ref");
-    assert!(run_to_end(ref_dir.path(), &broker, &input, &ref_group, &[]).success());
+    assert!(run_to_end(ref_dir.path(), broker, &input, &ref_group, &[]).success());
     let expected_state = state_of(ref_dir.path());
-    let expected = transitions_by_id(&broker, &format!("{ref_group}.transitions"));
+    let expected = transitions_by_id(broker, &format!("{ref_group}.transitions"));
 
     // 1. Aborted after delivering a step's outputs but before writing its state.
     let dir = tempfile::tempdir().unwrap();
     let group = unique("abort");
     let status = run_to_end(
         dir.path(),
-        &broker,
+        broker,
         &input,
         &group,
         &[("SIKLUS_FAULT_ABORT_AFTER_STEPS", "5")],
@@ -188,13 +188,13 @@ fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
     assert!(!status.success(), "the fault injection did not fire");
     let status = run_to_end(
         dir.path(),
-        &broker,
+        broker,
         &input,
         &group,
         &[("SIKLUS_FAULT_ABORT_AFTER_STEPS", "17")],
     );
     assert!(!status.success(), "the second fault injection did not fire");
-    assert!(run_to_end(dir.path(), &broker, &input, &group, &[]).success());
+    assert!(run_to_end(dir.path(), broker, &input, &group, &[]).success());
     {
         let got_state = state_of(dir.path());
         if let Some(((_, cust), _)) = got_state
@@ -230,7 +230,7 @@ fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
     }
     assert_same_state(&state_of(dir.path()), &expected_state, "state after aborts");
     assert_eq!(
-        transitions_by_id(&broker, &format!("{group}.transitions")),
+        transitions_by_id(broker, &format!("{group}.transitions")),
         expected
     );
 }

@@ -69,7 +69,7 @@ fn events_become_transitions_and_poison_goes_to_the_dlq() {
     broker.produce(&input, records);
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &broker, &input, &group, "");
+    let cfg = write_config(dir.path(), broker, &input, &group, "");
     let mut child = spawn_run(
         &cfg,
         &["--stop-at-end", "--until", "2024-07-01T00:00:00Z"],

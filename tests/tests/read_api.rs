@@ -56,7 +56,7 @@ fn metrics_readiness_and_read_api_during_a_live_run() {
     let addr = format!("127.0.0.1:{port}");
     let cfg = write_config(
         dir.path(),
-        &broker,
+        broker,
         &input,
         &group,
         &format!("http_listen = \"{addr}\"\nkey_partitioner = \"crc32\"\n"),

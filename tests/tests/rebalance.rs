@@ -30,18 +30,18 @@ fn a_rebalance_mid_stream_loses_nothing() {
     // Reference: one instance, uninterrupted.
     let rd = tempfile::tempdir().unwrap();
     let rg = unique("ref");
-    let rc = write_config(rd.path(), &broker, &input, &rg, extra);
+    let rc = write_config(rd.path(), broker, &input, &rg, extra);
     let mut r = spawn_run(&rc, &["--stop-at-end"], &[]);
     assert!(wait_exit(&mut r, Duration::from_secs(180), &rc).success());
     let want_state = partitions_of(rd.path());
-    let want = transitions_by_id(&broker, &format!("{rg}.transitions"));
+    let want = transitions_by_id(broker, &format!("{rg}.transitions"));
 
     // Instance A starts; B joins once A has produced output.
     let group = unique("reb");
     let da = tempfile::tempdir().unwrap();
     let db = tempfile::tempdir().unwrap();
-    let ca = write_config(da.path(), &broker, &input, &group, extra);
-    let cb = write_config(db.path(), &broker, &input, &group, extra);
+    let ca = write_config(da.path(), broker, &input, &group, extra);
+    let cb = write_config(db.path(), broker, &input, &group, extra);
     let out = format!("{group}.transitions");
     let mut a = spawn_run(&ca, &[], &[]);
     wait_until("instance A's first output", Duration::from_secs(90), || {
@@ -56,7 +56,7 @@ fn a_rebalance_mid_stream_loses_nothing() {
     let mut last = 0;
     let mut stable = 0;
     wait_until("the output to settle", Duration::from_secs(240), || {
-        let n = transitions_by_id(&broker, &out).len();
+        let n = transitions_by_id(broker, &out).len();
         stable = if n == last { stable + 1 } else { 0 };
         last = n;
         n >= want.len() && stable >= 3
@@ -75,7 +75,7 @@ fn a_rebalance_mid_stream_loses_nothing() {
     );
 
     // Every transition is there, once per id, with the same content.
-    assert_eq!(transitions_by_id(&broker, &out), want);
+    assert_eq!(transitions_by_id(broker, &out), want);
     // Each partition's state, at its latest owner (the store that got
     // furthest), equals the reference.
     let (sa, sb) = (partitions_of(da.path()), partitions_of(db.path()));

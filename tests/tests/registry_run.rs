@@ -100,7 +100,7 @@ fn registry_run_decodes_by_id_dead_letters_unknown_ids_and_registers_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
-        &broker,
+        broker,
         &input,
         &group,
         &format!(

@@ -80,7 +80,7 @@ fn topic_replay_with_the_live_policy_reproduces_the_live_run() {
     let group = unique("live");
     let cfg = write_config(
         dir.path(),
-        &broker,
+        broker,
         &input,
         &group,
         "idle_timeout_ms = 600000\nmax_batch = 300",
@@ -105,8 +105,8 @@ fn topic_replay_with_the_live_policy_reproduces_the_live_run() {
             .into_iter()
             .map(|r| serde_json::from_slice::<StageTransition>(&r.value.unwrap()).unwrap()),
     );
-    let live_aggs = keyed(&broker, &format!("{group}.aggregates"));
-    let live_cohorts = keyed(&broker, &format!("{group}.cohorts"));
+    let live_aggs = keyed(broker, &format!("{group}.aggregates"));
+    let live_cohorts = keyed(broker, &format!("{group}.cohorts"));
     assert!(live_aggs.len() > 100);
     assert!(!live_cohorts.is_empty());
 
@@ -313,7 +313,7 @@ fn a_replay_between_two_timestamps_reads_exactly_that_range() {
         }),
     );
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &broker, &input, &unique("range"), "");
+    let cfg = write_config(dir.path(), broker, &input, &unique("range"), "");
     let out = dir.path().join("out");
     let run = Command::new(siklus_bin())
         .arg("--config")
@@ -385,7 +385,7 @@ fn state_rebuilt_by_a_replay_seeds_the_live_run_without_gap_or_overlap() {
     let group = unique("seeded");
     let cfg = write_config(
         dir.path(),
-        &broker,
+        broker,
         &input,
         &group,
         "idle_timeout_ms = 600000",
@@ -447,7 +447,7 @@ fn state_rebuilt_by_a_replay_seeds_the_live_run_without_gap_or_overlap() {
     let rgroup = unique("whole");
     let rcfg = write_config(
         rdir.path(),
-        &broker,
+        broker,
         &input,
         &rgroup,
         "idle_timeout_ms = 600000",

@@ -116,9 +116,9 @@ impl Rng {
 fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
     let broker = Broker::shared();
     let input = unique("chaos-in");
-    let n = load(&broker, &input, 8, 26_000, 11);
+    let n = load(broker, &input, 8, 26_000, 11);
     assert!(n >= 200_000, "only {n} events");
-    let (want_state, want, _ref_dir) = reference(&broker, &input);
+    let (want_state, want, _ref_dir) = reference(broker, &input);
 
     let group = unique("chaos");
     let out = format!("{group}.transitions");
@@ -130,7 +130,7 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
     }
     let cfgs: Vec<PathBuf> = dirs
         .iter()
-        .map(|d| write_config(d.path(), &broker, &input, &group, EXTRA))
+        .map(|d| write_config(d.path(), broker, &input, &group, EXTRA))
         .collect();
     let mut children: Vec<KillOnDrop> = cfgs.iter().map(|c| spawn(c)).collect();
     let seed = std::env::var("SIKLUS_CHAOS_SEED")
@@ -160,7 +160,7 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
         std::thread::sleep(Duration::from_millis(rng.next(3_000)));
         children[i] = spawn(&cfgs[i]);
     }
-    wait_settled(&broker, &out, want.len(), Duration::from_secs(600));
+    wait_settled(broker, &out, want.len(), Duration::from_secs(600));
     for c in &children {
         terminate(c);
     }
@@ -173,7 +173,7 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
     }
 
     // No transition is missing, none differs, none is extra.
-    let got = transitions_by_id(&broker, &out);
+    let got = transitions_by_id(broker, &out);
     let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
     assert_eq!(missing, 0, "{missing} transitions missing");
     assert_eq!(got, want);
@@ -193,7 +193,7 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
     // (A new member that joins and restores is the erasure test's
     // `restore_fresh`.)
     let fresh = tempfile::tempdir().unwrap();
-    let fcfg = write_config(fresh.path(), &broker, &input, &group, EXTRA);
+    let fcfg = write_config(fresh.path(), broker, &input, &group, EXTRA);
     let o = std::process::Command::new(siklus_bin())
         .arg("--config")
         .arg(&fcfg)
@@ -215,18 +215,18 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
 fn scale_out_and_in_restores_from_the_changelog() {
     let broker = Broker::shared();
     let input = unique("scale-in");
-    load(&broker, &input, 4, 5_000, 5);
-    let (want_state, want, _ref_dir) = reference(&broker, &input);
+    load(broker, &input, 4, 5_000, 5);
+    let (want_state, want, _ref_dir) = reference(broker, &input);
 
     let group = unique("scale");
     let out = format!("{group}.transitions");
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let small = "max_batch = 200\nidle_timeout_ms = 600000";
-    let ca = write_config(da.path(), &broker, &input, &group, small);
+    let ca = write_config(da.path(), broker, &input, &group, small);
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let cb = write_config(
         db.path(),
-        &broker,
+        broker,
         &input,
         &group,
         &format!("{small}\nhttp_listen = \"{metrics_addr}\""),
@@ -235,9 +235,11 @@ fn scale_out_and_in_restores_from_the_changelog() {
     let mut a = spawn_run(&ca, &[], &[]);
     // B joins once A has committed steps on every partition, so that
     // whichever partitions B takes, it restores them from the changelog.
-    wait_until("A to commit on every partition", Duration::from_secs(120), || {
-        broker.committed(&group, &input).values().all(|o| *o > 0)
-    });
+    wait_until(
+        "A to commit on every partition",
+        Duration::from_secs(120),
+        || broker.committed(&group, &input).values().all(|o| *o > 0),
+    );
     let mut b = spawn_run(&cb, &[], &[]);
     wait_until("B to take partitions", Duration::from_secs(120), || {
         log_of(&cb).contains("partition restored from the changelog")
@@ -257,7 +259,7 @@ fn scale_out_and_in_restores_from_the_changelog() {
         "{}",
         log_of(&ca)
     );
-    wait_settled(&broker, &out, want.len(), Duration::from_secs(300));
+    wait_settled(broker, &out, want.len(), Duration::from_secs(300));
     wait_until("B to own all 4 partitions", Duration::from_secs(60), || {
         http_get(&metrics_addr, "/metrics")
             .map(|(_, _, body)| metric_sum(&body, "siklus_assigned_partitions") == 4.0)
@@ -274,7 +276,7 @@ fn scale_out_and_in_restores_from_the_changelog() {
         "{}",
         log_of(&cb)
     );
-    assert_eq!(transitions_by_id(&broker, &out), want);
+    assert_eq!(transitions_by_id(broker, &out), want);
     assert_state_eq(&partitions_of(db.path()), &want_state, "B after scale-in");
 }
 
@@ -324,7 +326,7 @@ fn an_erased_customer_is_gone_from_inspect_the_changelog_and_a_restore() {
     // the erasure does.
     let ca = write_config(
         da.path(),
-        &broker,
+        broker,
         &input,
         &group,
         "max_batch = 100\nidle_timeout_ms = 600000",
@@ -416,7 +418,7 @@ fn an_erased_customer_is_gone_from_inspect_the_changelog_and_a_restore() {
     );
 
     // A new instance restoring from the changelog has nothing of the victim.
-    let (restored, log, dir, cfg) = restore_fresh(&broker, &input, &group);
+    let (restored, log, dir, cfg) = restore_fresh(broker, &input, &group);
     assert!(
         log.contains("partition restored from the changelog"),
         "{log}"
@@ -458,18 +460,18 @@ fn fields(line: &str) -> BTreeMap<String, String> {
 fn a_standby_takes_over_without_a_full_restore() {
     let broker = Broker::shared();
     let input = unique("standby-in");
-    load(&broker, &input, 4, 5_000, 8);
-    let (want_state, want, _ref_dir) = reference(&broker, &input);
+    load(broker, &input, 4, 5_000, 8);
+    let (want_state, want, _ref_dir) = reference(broker, &input);
 
     let group = unique("standby");
     let out = format!("{group}.transitions");
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let small = "max_batch = 200\nidle_timeout_ms = 600000";
-    let ca = write_config(da.path(), &broker, &input, &group, small);
+    let ca = write_config(da.path(), broker, &input, &group, small);
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let cb = write_config(
         db.path(),
-        &broker,
+        broker,
         &input,
         &group,
         &format!("{small}\nstandby_replicas = true\nhttp_listen = \"{metrics_addr}\""),
@@ -477,9 +479,11 @@ fn a_standby_takes_over_without_a_full_restore() {
     let mut a = spawn_run(&ca, &[], &[]);
     // As in the scale-out test: B's own partitions have committed steps to
     // restore when it joins.
-    wait_until("A to commit on every partition", Duration::from_secs(120), || {
-        broker.committed(&group, &input).values().all(|o| *o > 0)
-    });
+    wait_until(
+        "A to commit on every partition",
+        Duration::from_secs(120),
+        || broker.committed(&group, &input).values().all(|o| *o > 0),
+    );
     let mut b = spawn_run(&cb, &[], &[]);
     wait_until(
         "B to follow A's partitions",
@@ -489,7 +493,7 @@ fn a_standby_takes_over_without_a_full_restore() {
                 && log_of(&cb).contains("restored_records")
         },
     );
-    wait_settled(&broker, &out, want.len(), Duration::from_secs(300));
+    wait_settled(broker, &out, want.len(), Duration::from_secs(300));
     // Let the standby catch up with the last steps A committed.
     std::thread::sleep(Duration::from_secs(5));
     let before = log_of(&cb).len();
@@ -536,7 +540,7 @@ fn a_standby_takes_over_without_a_full_restore() {
         "{}",
         log_of(&cb)
     );
-    assert_eq!(transitions_by_id(&broker, &out), want);
+    assert_eq!(transitions_by_id(broker, &out), want);
     assert_state_eq(
         &partitions_of(db.path()),
         &want_state,
