@@ -230,6 +230,9 @@ def main():
                     help="no broker rows (no Quix or Kafka Streams peer, no latency)")
     ap.add_argument("--kstreams-threads", type=int, default=1,
                     help="num.stream.threads of the Kafka Streams peer (its default: 1)")
+    ap.add_argument("--kstreams-punctuate-ms", type=int, default=3_600_000,
+                    help="event-time interval of the Kafka Streams peer's timer punctuator (default 1 h, "
+                         "siklus's allowed lateness: it fires a timer at most that much later than siklus)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     a = ap.parse_args()
     if a.smoke:
@@ -405,6 +408,7 @@ def main():
                                               "--application-id", "bench-kstreams",
                                               "--state-dir", os.path.join(work, "kstreams-state"),
                                               "--threads", str(a.kstreams_threads), "--expect", str(n),
+                                              "--punctuate-interval-ms", str(a.kstreams_punctuate_ms),
                                               "--idle-timeout-secs", "60"], env=env)
                 k = json.loads(kout)
                 if k["records"] != n:
