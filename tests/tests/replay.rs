@@ -210,7 +210,8 @@ fn topic_replay_with_the_live_policy_reproduces_the_live_run() {
     }
 
     // --verify-against compares without writing: identical here…
-    let verify = |envs: &[(&str, &str)]| -> String {
+    // Exit 0 when identical, 3 when the replay differs.
+    let verify = |envs: &[(&str, &str)], code: i32| -> String {
         let mut c = Command::new(siklus_bin());
         c.arg("--config")
             .arg(&cfg)
@@ -226,13 +227,18 @@ fn topic_replay_with_the_live_policy_reproduces_the_live_run() {
             c.env(k, v);
         }
         let r = c.output().unwrap();
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_eq!(
+            r.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
         let s: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
         s["verify"].as_str().unwrap().to_string()
     };
-    assert_eq!(verify(&[]), "identical");
+    assert_eq!(verify(&[], 0), "identical");
     // …and after a rule change it names the first difference.
-    let changed = verify(&[("SIKLUS_RULES__AT_RISK_AFTER_MS", "1728000000")]);
+    let changed = verify(&[("SIKLUS_RULES__AT_RISK_AFTER_MS", "1728000000")], 3);
     assert!(
         changed.starts_with("first difference at customer"),
         "{changed}"
