@@ -247,7 +247,11 @@ cmd_start() {
     # The cluster id is 16 random bytes in URL-safe base64, as
     # `kafka-storage random-uuid` makes it.
     local cid
-    cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    # An id that starts with '-' would be read as an option: draw again.
+    cid=-
+    while [ "${cid#-}" != "$cid" ]; do
+      cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    done
     "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
       -Dlog4j2.configurationFile="$DIR/log4j2.properties" -cp "$LIBS/*" \
       kafka.tools.StorageTool format -t "$cid" -c "$DIR/server.properties" \
