@@ -340,21 +340,26 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<i32> {
                 Err((name, code)) => bail!("cannot create topic {name}: {code}"),
             }
         }
-        // Wait until the new topics show up in metadata.
+        // Wait until the new topics show up in metadata, each partition
+        // with a leader (a restore or a produce before that fails).
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let md = probe.fetch_metadata(None, Duration::from_secs(5))?;
             let have: Vec<String> = md
                 .topics()
                 .iter()
-                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .filter(|t| {
+                    t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
                 .map(|t| t.name().to_string())
                 .collect();
             if wanted.iter().all(|t| have.contains(&t.name)) {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("topics were created but do not appear in metadata");
+                bail!("topics were created but do not appear in metadata with a leader for every partition");
             }
             std::thread::sleep(Duration::from_millis(200));
         }

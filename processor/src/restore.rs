@@ -154,6 +154,10 @@ pub struct Restores {
     /// only, so no step needs the committed-offset filter.
     exactly_once: bool,
     parts: BTreeMap<u32, Pending>,
+    /// Partitions whose restore ended in a [`Restores::step`] that then
+    /// failed: the next step hands them over, so a failure never strands
+    /// a restored partition paused.
+    finished: Vec<Restored>,
     standby: Option<Standby>,
     /// Finds the true end of a changelog partition on brokers that report
     /// a high watermark below it (`resume_rewind` > 0 marks such brokers).
@@ -192,6 +196,7 @@ impl Restores {
             rewind,
             exactly_once,
             parts: BTreeMap::new(),
+            finished: Vec::new(),
             probe,
             standby: standby_of.map(|partitions| Standby {
                 partitions,
@@ -230,22 +235,26 @@ impl Restores {
 
     /// Drops a revoked partition; what was written of its restore stays.
     pub fn remove(&mut self, partition: u32) -> bool {
+        let before = self.finished.len();
+        self.finished.retain(|r| r.partition != partition);
+        let was_finished = self.finished.len() != before;
         let had = self.parts.remove(&partition);
         if had.as_ref().is_some_and(|p| p.run.is_some()) {
             self.reassign();
         }
-        had.is_some()
+        had.is_some() || was_finished
     }
 
     /// Drops every waiting partition (all were revoked).
     pub fn clear(&mut self) {
         self.parts.clear();
+        self.finished.clear();
         self.reassign();
     }
 
     /// Whether no partition is waiting.
     pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
+        self.parts.is_empty() && self.finished.is_empty()
     }
 
     /// Whether partitions are followed as standbys (the driver must call
@@ -257,6 +266,7 @@ impl Restores {
     /// Whether `partition` waits for its restore.
     pub fn contains(&self, partition: u32) -> bool {
         self.parts.contains_key(&partition)
+            || self.finished.iter().any(|r| r.partition == partition)
     }
 
     fn reassign(&self) {
@@ -281,6 +291,11 @@ impl Restores {
     /// Starts waiting restores, reads for a while, and returns the
     /// partitions whose restore ended.
     /// `owned`: the partitions in the engine (not followed as standbys).
+    ///
+    /// A partition whose restore ended is handed over even when a later
+    /// part of the same step fails (a changelog partition without a leader
+    /// yet, a broker outage): the error is returned, and the next call
+    /// returns the partition.
     pub fn step<C: ConsumerContext>(
         &mut self,
         store: &Arc<Store>,
@@ -289,7 +304,28 @@ impl Restores {
         metrics: &Metrics,
         owned: &[u32],
     ) -> anyhow::Result<Vec<Restored>> {
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.finished);
+        let result = self.step_into(&mut done, store, config, group, metrics, owned);
+        match result {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                // Runs started before the failure must still be read.
+                self.reassign();
+                self.finished = done;
+                Err(e)
+            }
+        }
+    }
+
+    fn step_into<C: ConsumerContext>(
+        &mut self,
+        done: &mut Vec<Restored>,
+        store: &Arc<Store>,
+        config: &EngineConfig,
+        group: &BaseConsumer<C>,
+        metrics: &Metrics,
+        owned: &[u32],
+    ) -> anyhow::Result<()> {
         let changed = self.update_standby(store, config, group, owned)?;
         let waiting: Vec<u32> = self
             .parts
@@ -329,7 +365,7 @@ impl Restores {
         }
         let following = self.standby.as_ref().is_some_and(|s| !s.follows.is_empty());
         if self.parts.values().all(|p| p.run.is_none()) && !following {
-            return Ok(done);
+            return Ok(());
         }
         self.read(metrics)?;
         let finished: Vec<u32> = self
@@ -371,7 +407,7 @@ impl Restores {
         if !finished.is_empty() {
             self.reassign();
         }
-        Ok(done)
+        Ok(())
     }
 
     /// Starts and stops standbys so that they cover every partition neither
