@@ -294,7 +294,7 @@ pub fn consume(cfg: &Config) -> anyhow::Result<(u64, f64)> {
         .create()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-    let ends = crate::topic_replay::ends_at_start(&c, topic, parts)?;
+    let ends = crate::topic_replay::ends_at_start(&c, topic, parts, false)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -307,8 +307,19 @@ pub fn consume(cfg: &Config) -> anyhow::Result<(u64, f64)> {
     let mut n = 0u64;
     let mut bytes = 0u64;
     let mut last = Instant::now();
-    while done.iter().any(|d| !d) && last.elapsed() < Duration::from_secs(10) {
+    while done.iter().any(|d| !d) {
         let Some(m) = c.poll(Duration::from_millis(100)) else {
+            for (p, pos) in crate::topic_replay::consumed_to(&c, topic) {
+                if ends.get(&p).is_some_and(|e| pos >= *e) {
+                    if let Some(d) = done.get_mut(p as usize) {
+                        *d = true;
+                    }
+                }
+            }
+            anyhow::ensure!(
+                last.elapsed() < Duration::from_secs(60),
+                "{topic}: no records for 60 s before the end of the topic"
+            );
             continue;
         };
         let m = m?;

@@ -1663,18 +1663,24 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     merge_consumer.subscribe(&[&cfg.partials_topic()])?;
 
     let ends: BTreeMap<u32, i64> = if opts.stop_at_end {
-        // The true end of each partition (one past its last record), probed
-        // with a consumer of its own: a high watermark reported below the end
-        // (tansu 0.6) would otherwise end the run early, and the final
-        // watermark advance would turn the records left into late events.
+        // The high watermark of each partition, read by a consumer of its
+        // own. On a broker that reports it below the true end (tansu 0.6,
+        // configured with `resume_rewind` > 0) the last batch is probed, or
+        // the run would end early, and the final watermark advance would
+        // turn the records left into late events.
         let mut pc = client_config(cfg);
         pc.set("group.id", format!("{}.probe", cfg.processor.group_id))
             .set("enable.auto.commit", "false");
         let probe: BaseConsumer = pc.create().context("creating the end probe")?;
-        crate::topic_replay::ends_at_start(&probe, &cfg.topics.input, partitions)?
-            .into_iter()
-            .map(|(p, e)| (p as u32, e))
-            .collect()
+        crate::topic_replay::ends_at_start(
+            &probe,
+            &cfg.topics.input,
+            partitions,
+            cfg.processor.resume_rewind > 0,
+        )?
+        .into_iter()
+        .map(|(p, e)| (p as u32, e))
+        .collect()
     } else {
         BTreeMap::new()
     };
@@ -1686,9 +1692,14 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
     let mut summary = RunSummary::default();
     let mut ended = false;
     let mut end_deadline: Option<Instant> = None;
-    // Some brokers (tansu 0.6) report a high watermark below the true end
-    // of the log, so "caught up" also needs a quiet period with no records.
-    let quiet = Duration::from_millis(1_500);
+    // A broker that reports a high watermark below the true end of the log
+    // (tansu 0.6, configured with `resume_rewind` > 0) also needs a quiet
+    // period with no records before "caught up". Apache Kafka does not.
+    let quiet = if cfg.processor.resume_rewind > 0 {
+        Duration::from_millis(1_500)
+    } else {
+        Duration::ZERO
+    };
     let mut last_input = Instant::now();
     let mut last_assigned: Vec<u32> = Vec::new();
     let mut last_merge_input = Instant::now();
@@ -1778,7 +1789,9 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                     last_input = Instant::now();
                     last_assigned = assigned.clone();
                 }
-                let caught_up = applied_to_ends(&w.engine, &ends) && last_input.elapsed() >= quiet;
+                let positions = crate::topic_replay::consumed_to(&consumer, &cfg.topics.input);
+                let caught_up =
+                    applied_to_ends(&w.engine, &ends, &positions) && last_input.elapsed() >= quiet;
                 if caught_up {
                     if let Some(end) = opts.end_time {
                         let mut out = std::mem::take(&mut w.out);
@@ -1824,7 +1837,11 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             }
             if opts.stop_at_end && summary.processing_secs.is_none() {
                 if let (true, Some(first)) = (
-                    applied_to_ends(&w.engine, &ends) && w.engine.step_size() == 0,
+                    applied_to_ends(
+                        &w.engine,
+                        &ends,
+                        &crate::topic_replay::consumed_to(&consumer, &cfg.topics.input),
+                    ) && w.engine.step_size() == 0,
                     first_input,
                 ) {
                     summary.processing_secs = Some(first.elapsed().as_secs_f64());
@@ -2038,13 +2055,24 @@ fn instance_id(store: &Store) -> anyhow::Result<String> {
 /// an unreachable registry.
 /// Whether this instance owns every partition of the input and has applied
 /// each one up to its probed end.
-fn applied_to_ends(engine: &Engine, ends: &BTreeMap<u32, i64>) -> bool {
+/// Whether every partition was applied up to its end. `positions`: the
+/// consumer's position per partition. Records are applied as they are
+/// polled, so a position at or past the end means the same, also when the
+/// last offsets hold no record to apply (transaction markers, aborted
+/// records).
+fn applied_to_ends(
+    engine: &Engine,
+    ends: &BTreeMap<u32, i64>,
+    positions: &BTreeMap<i32, i64>,
+) -> bool {
     let assigned = engine.assigned();
     !assigned.is_empty()
         && assigned.len() == ends.len()
-        && ends
-            .iter()
-            .all(|(p, high)| *high == 0 || engine.next_offset(*p).is_some_and(|n| n >= *high))
+        && ends.iter().all(|(p, high)| {
+            *high == 0
+                || engine.next_offset(*p).is_some_and(|n| n >= *high)
+                || positions.get(&(*p as i32)).is_some_and(|n| n >= high)
+        })
 }
 
 fn handle_message(
@@ -2072,10 +2100,13 @@ fn handle_message(
     }
     if let Some(next) = w.engine.next_offset(partition) {
         if offset > next {
-            // Records the broker never delivered (or transaction markers).
+            // Offsets with no record to deliver: transaction markers and
+            // aborted records of a transactional producer (one per
+            // transaction), or records removed by compaction or retention.
+            // Normal on such topics, so counted rather than warned about.
             w.metrics
                 .with_partition(partition, |f| f.offset_gaps += (offset - next) as u64);
-            warn!(
+            debug!(
                 partition,
                 expected = next,
                 got = offset,

@@ -190,8 +190,18 @@ fn read_transitions(cfg: &Config, topic: &str) -> anyhow::Result<Result<Transiti
     c.assign(&tpl)?;
     let mut out = TransitionMap::new();
     let mut last = Instant::now();
-    while done.values().any(|d| !d) && last.elapsed() < Duration::from_secs(10) {
+    while done.values().any(|d| !d) {
         let Some(m) = c.poll(Duration::from_millis(200)) else {
+            // Ends at transaction markers (an exactly-once run wrote the
+            // topic) deliver no record: the position passes them.
+            for (p, pos) in consumed_to(&c, topic) {
+                if ends.get(&p).is_some_and(|e| pos >= *e) {
+                    done.insert(p, true);
+                }
+            }
+            if last.elapsed() > Duration::from_secs(60) {
+                bail!("{topic}: no records for 60 s before the end of the topic");
+            }
             continue;
         };
         let m = m?;
@@ -290,13 +300,46 @@ pub(crate) fn true_end(
     Ok(end)
 }
 
-/// The end of every partition as of now (see `true_end`).
+/// The position of each assigned partition of `topic`: the offset of the
+/// next record it would deliver, past transaction markers and aborted
+/// records already skipped.
+pub(crate) fn consumed_to<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> BTreeMap<i32, i64> {
+    let Ok(tpl) = consumer.position() else {
+        return BTreeMap::new();
+    };
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(n) => Some((e.partition(), n)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The end of every partition as of now: the high watermark, or with
+/// `probe` the true end (see `true_end`).
+///
+/// `probe`: read the last batch of each partition for its true end, on a
+/// broker that reports a high watermark below it (tansu 0.6; configured by
+/// `processor.resume_rewind` > 0). Apache Kafka needs no probe.
 pub fn ends_at_start(
     consumer: &BaseConsumer,
     topic: &str,
     partitions: i32,
+    probe: bool,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    resolve(consumer, topic, partitions, &Position::LatestAtStart, true)
+    resolve_probing(
+        consumer,
+        topic,
+        partitions,
+        &Position::LatestAtStart,
+        true,
+        probe,
+    )
 }
 
 fn resolve(
@@ -305,6 +348,17 @@ fn resolve(
     partitions: i32,
     pos: &Position,
     is_end: bool,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    resolve_probing(consumer, topic, partitions, pos, is_end, false)
+}
+
+fn resolve_probing(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    pos: &Position,
+    is_end: bool,
+    probe: bool,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let timeout = Duration::from_secs(10);
     let mut out = BTreeMap::new();
@@ -319,7 +373,7 @@ fn resolve(
         }
         Position::LatestAtStart => {
             for (p, (low, high)) in &marks {
-                let end = if is_end && high > low {
+                let end = if is_end && probe && high > low {
                     true_end(consumer, topic, *p, *high)?
                 } else {
                     *high
@@ -382,7 +436,14 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         Position::Timestamp(_) => &Position::LatestAtStart,
         other => other,
     };
-    let ends = resolve(&consumer, &topic, partitions, end_pos, true)?;
+    let ends = resolve_probing(
+        &consumer,
+        &topic,
+        partitions,
+        end_pos,
+        true,
+        cfg.processor.resume_rewind > 0,
+    )?;
     let start_ts = match opts.start {
         Position::Timestamp(t) => Some(t),
         _ => None,
@@ -451,13 +512,23 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
         let msg = consumer.poll(Duration::from_millis(200));
         match msg {
             None => {
-                // Some brokers under-report a partition's end; a long silence
-                // after the reported end means the partition is done.
-                if last_record.elapsed() > Duration::from_secs(10) {
+                // A partition whose last offsets are transaction markers (a
+                // transactional producer wrote it) or aborted records has
+                // no record left to deliver: the consumer's position is past
+                // its end.
+                for (p, pos) in consumed_to(&consumer, &topic) {
+                    if ranges.get(&p).is_some_and(|r| pos >= r.end) {
+                        done.insert(p, true);
+                    }
+                }
+                if last_record.elapsed() > Duration::from_secs(30) {
+                    let behind: Vec<i32> =
+                        done.iter().filter(|(_, d)| !**d).map(|(p, _)| *p).collect();
                     tracing::warn!(
-                        "no records for 10 s; stopping with partitions not at their end"
+                        partitions = ?behind,
+                        "no records for 30 s before the end of these partitions (is the broker reachable?); waiting"
                     );
-                    break;
+                    last_record = Instant::now();
                 }
             }
             Some(Err(e)) => bail!("replay consumer: {e}"),
