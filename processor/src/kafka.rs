@@ -639,6 +639,13 @@ impl OutputSink {
         let mut side = None;
         if let Some(id) = &txn_id {
             c.set("transactional.id", id);
+            // An instance that dies in a transaction and comes back with
+            // another id (its state directory lost) leaves that transaction
+            // open until this timeout, and `read_committed` readers of its
+            // output partitions wait for it. Kafka Streams uses 10 s too.
+            if !cfg.kafka.contains_key("transaction.timeout.ms") {
+                c.set("transaction.timeout.ms", "10000");
+            }
             side = Some(
                 producer_config()
                     .create_with_context(DeliveryContext::new(cfg))
@@ -2050,11 +2057,6 @@ fn instance_id(store: &Store) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// Decodes and applies one record. Returns false, without applying it,
-/// when `stop` turned true while its writer schema was being fetched from
-/// an unreachable registry.
-/// Whether this instance owns every partition of the input and has applied
-/// each one up to its probed end.
 /// Whether every partition was applied up to its end. `positions`: the
 /// consumer's position per partition. Records are applied as they are
 /// polled, so a position at or past the end means the same, also when the
@@ -2075,6 +2077,9 @@ fn applied_to_ends(
         })
 }
 
+/// Decodes and applies one record. Returns false, without applying it,
+/// when `stop` turned true while its writer schema was being fetched from
+/// an unreachable registry.
 fn handle_message(
     w: &mut Worker,
     decoder: &mut Decoder,

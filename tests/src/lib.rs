@@ -273,6 +273,42 @@ impl Broker {
     pub fn read_all_committed(&self, topic: &str) -> Vec<Record> {
         read_until_end(self.client(), topic, "read_committed")
     }
+
+    /// Like [`Broker::read_all_committed`], once no transaction is open on
+    /// the topic (its last stable offset is its high watermark in every
+    /// partition): every transaction so far committed or aborted, as a
+    /// reader sees the topic after the transaction timeout of a producer
+    /// that died in one.
+    pub fn read_all_decided(&self, topic: &str) -> Vec<Record> {
+        let open = |isolation: &str| -> BaseConsumer {
+            self.client()
+                .set("group.id", unique("lso"))
+                .set("isolation.level", isolation)
+                .create()
+                .expect("consumer")
+        };
+        let (committed, all) = (open("read_committed"), open("read_uncommitted"));
+        let md = retrying("metadata", || {
+            all.fetch_metadata(Some(topic), Duration::from_secs(10))
+        });
+        let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        wait_until(
+            &format!("no open transaction on {topic}"),
+            Duration::from_secs(90),
+            || {
+                (0..parts).all(|p| {
+                    let w = |c: &BaseConsumer| {
+                        retrying("watermarks", || {
+                            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                        })
+                        .1
+                    };
+                    w(&committed) >= w(&all)
+                })
+            },
+        );
+        self.read_all_committed(topic)
+    }
 }
 
 impl Drop for Broker {

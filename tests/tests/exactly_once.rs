@@ -5,7 +5,9 @@
 //! committed step from the changelog instead of processing it again. The
 //! same scenario at least once repeats the step's transitions, which shows
 //! the test can tell the two apart. A SIGKILL in the middle of a
-//! transaction leaves records on the topic that such a reader never sees.
+//! transaction leaves records on the topic that such a reader never sees,
+//! and a restore from the changelog applies none of the aborted ones. A
+//! zombie with the same transactional id is fenced.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,11 +41,27 @@ fn run(cfg: &Path, envs: &[(&str, &str)]) -> std::process::ExitStatus {
 /// How many times each transition id was read (read_committed).
 fn counts(broker: &Broker, topic: &str) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
-    for r in broker.read_all_committed(topic) {
+    for r in broker.read_all_decided(topic) {
         let t: StageTransition = serde_json::from_slice(&r.value.unwrap()).unwrap();
         *m.entry(t.transition_id).or_default() += 1;
     }
     m
+}
+
+/// Fails, with the number missing and extra and a few of each, unless
+/// `got` and `want` hold the same transition ids.
+fn assert_same_ids(got: &BTreeMap<String, usize>, want: &BTreeMap<String, usize>) {
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "not the same transitions as the uninterrupted run: {} of {} missing (e.g. {:?}), {} extra (e.g. {:?})",
+        missing.len(),
+        want.len(),
+        &missing[..missing.len().min(3)],
+        extra.len(),
+        &extra[..extra.len().min(3)]
+    );
 }
 
 /// Aborts after the 3rd step's delivery, restarts, runs to the end.
@@ -114,11 +132,7 @@ fn exactly_once_outputs_survive_a_kill_after_the_commit() {
         "{} transitions read more than once",
         twice.len()
     );
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "not the same transitions as the uninterrupted run"
-    );
+    assert_same_ids(&got, &want);
 
     // At least once, the same abort repeats the step's transitions.
     let (alo, _) = aborted_then_restarted(broker, &input, "at_least_once");
@@ -126,10 +140,7 @@ fn exactly_once_outputs_survive_a_kill_after_the_commit() {
         alo.values().any(|n| *n > 1),
         "at least once repeated nothing: the scenario tests nothing"
     );
-    assert_eq!(
-        alo.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
+    assert_same_ids(&alo, &want);
 }
 
 /// A SIGKILL in the middle of the stream leaves a transaction open, whose
@@ -160,7 +171,17 @@ fn exactly_once_outputs_survive_a_sigkill_mid_stream() {
     let written = broker.read_all(&out).len();
     let committed = broker.read_all_committed(&out).len();
     eprintln!("at the kill: {written} transitions written, {committed} committed");
+    // The state directory is lost with the machine: the restart restores
+    // from the changelog, which holds the aborted transaction's records
+    // too. Only committed ones may be applied, or the restored state would
+    // be ahead of the committed input offsets and transitions would be lost.
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
     assert!(run(&cfg, &[]).success(), "{}", log_of(&cfg));
+    assert!(
+        log_of(&cfg).contains("partition restored from the changelog"),
+        "{}",
+        log_of(&cfg)
+    );
 
     let got = counts(broker, &out);
     let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
@@ -169,9 +190,90 @@ fn exactly_once_outputs_survive_a_sigkill_mid_stream() {
         "{} transitions read more than once",
         twice.len()
     );
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "not the same transitions as the uninterrupted run"
+    assert_same_ids(&got, &want);
+}
+
+/// Copies a state directory (of a stopped instance).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A zombie: a copy of an instance's state directory (a restored volume
+/// snapshot, a cloned machine) starts while the instance still runs, with
+/// the same transactional id. The newer one fences the older, which stops
+/// with an error that says so, and a `read_committed` reader sees each
+/// transition once.
+#[test]
+fn a_zombie_with_the_same_transactional_id_is_fenced_and_nothing_is_written_twice() {
+    let broker = Broker::shared();
+    let input = load_input(broker, 1500);
+    let want = reference(broker, &input);
+
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("eos-zombie");
+    let out = format!("{group}.transitions");
+    let cfg = config(dir.path(), broker, &input, &group, "exactly_once");
+    // A short first run gives the state directory its instance id.
+    let mut first = spawn_run(&cfg, &[], &[]);
+    wait_until(
+        "the first committed output",
+        Duration::from_secs(120),
+        || broker.read_all_committed(&out).len() > want.len() / 10,
     );
+    terminate(&first);
+    assert!(wait_exit(
+        &mut first,
+        Duration::from_secs(60),
+        &cfg.with_extension("log")
+    )
+    .success());
+    let twin_dir = tempfile::tempdir().unwrap();
+    copy_dir(&dir.path().join("state"), &twin_dir.path().join("state"));
+    let twin_cfg = config(twin_dir.path(), broker, &input, &group, "exactly_once");
+
+    let mut old = spawn_run(&cfg, &[], &[]);
+    let seen = broker.read_all_committed(&out).len();
+    wait_until(
+        "the old instance's next output",
+        Duration::from_secs(120),
+        || broker.read_all_committed(&out).len() > seen,
+    );
+    // The twin initialises the same transactional id: the old one is fenced.
+    let mut twin = spawn_run(&twin_cfg, &["--stop-at-end"], &[]);
+    let status = wait_exit(
+        &mut old,
+        Duration::from_secs(180),
+        &cfg.with_extension("log"),
+    );
+    assert!(!status.success(), "the fenced instance went on running");
+    let log = log_of(&cfg);
+    assert!(
+        log.to_lowercase().contains("fenced"),
+        "the fenced instance's error does not say so:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    let status = wait_exit(
+        &mut twin,
+        Duration::from_secs(300),
+        &twin_cfg.with_extension("log"),
+    );
+    assert!(status.success(), "{}", log_of(&twin_cfg));
+
+    let got = counts(broker, &out);
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} transitions read more than once",
+        twice.len()
+    );
+    assert_same_ids(&got, &want);
 }
