@@ -125,7 +125,10 @@ fn update_figures(w: &mut Worker, consumer: &BaseConsumer<InputContext>, topic: 
     );
     let restores_done = w.restores.as_ref().is_none_or(Restores::is_empty);
     w.metrics.ready.store(
-        w.restoring.is_empty() && restores_done && w.failing_steps == 0,
+        w.restoring.is_empty()
+            && restores_done
+            && w.failing_steps == 0
+            && !w.metrics.brokers_down.load(Ordering::Relaxed),
         Ordering::Relaxed,
     );
 }
@@ -1259,6 +1262,33 @@ impl ClientContext for InputContext {
                         .with_partition(*p as u32, |f| f.high_watermark = s.hi_offset);
                 }
             }
+        }
+        // The connection to the cluster: any broker (not a bootstrap
+        // address, whose node id is -1) up.
+        let up = stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        let was_down = self.metrics.brokers_down.swap(!up, Ordering::Relaxed);
+        if was_down && up {
+            info!("connected to the Kafka cluster again");
+        }
+    }
+
+    /// librdkafka's global errors. All brokers down makes the instance not
+    /// ready until its statistics show a broker up again; librdkafka keeps
+    /// reconnecting meanwhile, and the run goes on.
+    fn error(&self, error: KafkaError, reason: &str) {
+        let all_down = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        );
+        if all_down {
+            self.metrics.brokers_down.store(true, Ordering::Relaxed);
+            self.metrics.ready.store(false, Ordering::Relaxed);
+            warn!(%reason, "no Kafka broker reachable; not ready, reconnecting");
+        } else {
+            warn!(error = %error, %reason, "Kafka client error");
         }
     }
 }

@@ -126,6 +126,10 @@ pub struct Metrics {
     /// Whether the processor consumes with every assigned partition restored
     /// (for `/readyz`).
     pub ready: AtomicBool,
+    /// Whether the input consumer reaches no broker (librdkafka reported
+    /// all brokers down, and its statistics show none up since). Not ready
+    /// meanwhile.
+    pub brokers_down: AtomicBool,
     /// Whether this instance runs the merge stage.
     pub merge_owner: AtomicBool,
     /// Per-partition figures.
@@ -415,7 +419,7 @@ impl Metrics {
         }
         out.push(by_stage);
 
-        let scalars: [(&'static str, &'static str, Kind, f64); 12] = [
+        let scalars: [(&'static str, &'static str, Kind, f64); 13] = [
             (
                 "siklus_aggregates_out_total",
                 "Aggregates delivered by the merge stage",
@@ -481,6 +485,12 @@ impl Metrics {
                 "1 when consuming with every assigned partition restored",
                 Gauge,
                 u8::from(self.ready.load(Ordering::Relaxed)) as f64,
+            ),
+            (
+                "siklus_brokers_reachable",
+                "1 while the input consumer is connected to a broker",
+                Gauge,
+                u8::from(!self.brokers_down.load(Ordering::Relaxed)) as f64,
             ),
             (
                 "siklus_merge_owner",
