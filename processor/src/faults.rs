@@ -12,8 +12,8 @@
 pub const STATE_WRITE_FAILS_AT: &str = "SIKLUS_FAULT_STATE_WRITE_FAILS_AT";
 
 /// `SIKLUS_FAULT_REVOKE_DELIVERY_FAILS=N`: the delivery of the step in
-/// flight during the first N revokes fails, as a broker that times out
-/// would make it.
+/// flight during the first N revokes that find one (with records) fails,
+/// as a broker that times out would make it.
 pub const REVOKE_DELIVERY_FAILS: &str = "SIKLUS_FAULT_REVOKE_DELIVERY_FAILS";
 
 #[cfg(feature = "fault-injection")]

@@ -1374,7 +1374,8 @@ impl ConsumerContext for InputContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut w = lock(&self.worker);
                 w.revoke_budget = Some(w.revoke_timeout);
-                let committed = if crate::faults::revoke_delivery_fails() {
+                let in_flight = w.engine.step_size();
+                let committed = if in_flight > 0 && crate::faults::revoke_delivery_fails() {
                     // As a delivery that timed out: the step is discarded.
                     w.discard_step()
                         .and_then(|()| Err(anyhow!("injected delivery failure during a revoke")))
@@ -1397,7 +1398,7 @@ impl ConsumerContext for InputContext {
                         // must be read again from their stored offsets.
                         w.needs_rewind = true;
                         w.metrics.failed_steps.fetch_add(1, Ordering::Relaxed);
-                        warn!(error = %e, "could not commit before revoke");
+                        warn!(error = %e, records = in_flight, "could not commit before revoke");
                     }
                 }
                 for e in tpl.elements() {
