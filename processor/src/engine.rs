@@ -401,7 +401,7 @@ impl Engine {
             None => Clock::default(),
         };
         let aggregator = match self.store.meta(partition, META_AGG)? {
-            Some(b) => postcard::from_bytes(&b).map_err(|e| EngineError::Corrupt {
+            Some(b) => crate::persist::decode(&b).map_err(|e| EngineError::Corrupt {
                 partition,
                 reason: format!("aggregator: {e}"),
             })?,
@@ -1140,10 +1140,11 @@ impl Engine {
                 record(changelog::meta_key(META_CLOCK), Some(clock));
                 state.clock_dirty = false;
             }
-            let agg = postcard::to_stdvec(&state.aggregator).map_err(|e| EngineError::Corrupt {
-                partition,
-                reason: format!("aggregator: {e}"),
-            })?;
+            let agg =
+                crate::persist::encode(&state.aggregator).map_err(|e| EngineError::Corrupt {
+                    partition,
+                    reason: format!("aggregator: {e}"),
+                })?;
             batch.put_meta(partition, META_AGG, &agg);
             if touched {
                 record(changelog::meta_key(META_AGG), Some(agg));

@@ -1555,10 +1555,30 @@ fn reset_merge(
 }
 
 impl MergeContext {
+    /// The stored merge state, or None to rebuild it from the start of
+    /// the partials topic (none stored, or unreadable: said in the log).
     fn load(&self) -> Option<MergeState> {
-        let bytes = self.store.global(MERGE_STATE).ok()??;
+        let unreadable = |what: &str| {
+            warn!(
+                reason = what,
+                "stored merge state unreadable; rebuilding it from the partials topic"
+            );
+        };
+        let bytes = match self.store.global(MERGE_STATE) {
+            Ok(b) => b?,
+            Err(e) => {
+                unreadable(&e.to_string());
+                return None;
+            }
+        };
         let off = self.store.global(MERGE_OFFSET).ok()??;
-        let merger: Merger = postcard::from_bytes(&bytes).ok()?;
+        let merger: Merger = match crate::persist::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                unreadable(&e.to_string());
+                return None;
+            }
+        };
         let next_offset = i64::from_be_bytes(off.as_slice().try_into().ok()?);
         Some(MergeState {
             merger,
@@ -2299,7 +2319,7 @@ fn merge_step(
     let mut b = Batch::new();
     b.put_global(
         MERGE_STATE,
-        &postcard::to_stdvec(&s.merger).map_err(|e| anyhow!("merge state: {e}"))?,
+        &crate::persist::encode(&s.merger).map_err(|e| anyhow!("merge state: {e}"))?,
     );
     b.put_global(MERGE_OFFSET, &s.next_offset.to_be_bytes());
     if !aggs.is_empty() || !cells.is_empty() {

@@ -21,6 +21,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod partitioner;
+pub mod persist;
 pub mod replay;
 pub mod restore;
 pub mod rules;

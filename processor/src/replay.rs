@@ -431,7 +431,7 @@ fn fault_injection() {
 pub fn load_checkpoint(engine: &Engine) -> anyhow::Result<Option<Checkpoint>> {
     match engine.store().global(CHECKPOINT)? {
         Some(b) => Ok(Some(
-            postcard::from_bytes(&b).map_err(|e| anyhow::anyhow!("replay checkpoint: {e}"))?,
+            crate::persist::decode(&b).map_err(|e| anyhow::anyhow!("replay checkpoint: {e}"))?,
         )),
         None => Ok(None),
     }
@@ -457,7 +457,7 @@ pub fn commit_checkpoint(
     let mut b = siklus_state::Batch::new();
     b.put_global(
         CHECKPOINT,
-        &postcard::to_stdvec(&ckpt).map_err(|e| anyhow::anyhow!("replay checkpoint: {e}"))?,
+        &crate::persist::encode(&ckpt).map_err(|e| anyhow::anyhow!("replay checkpoint: {e}"))?,
     );
     engine.commit_with(b)?;
     Ok(())
