@@ -314,6 +314,19 @@ struct PartitionState {
     pending_timers: BTreeSet<(i64, String)>,
     /// No deadline in the store index is earlier than this.
     store_timer_floor: Option<i64>,
+    /// A watermark advance whose timers are not all fired yet (more than
+    /// one chunk was due): the clock keeps the previous watermark until
+    /// they are, and the windows close then.
+    timers_due: Option<TimersDue>,
+}
+
+/// A watermark advance in progress (see [`Engine::timers_due`]).
+#[derive(Debug, Clone, Copy)]
+struct TimersDue {
+    /// The watermark being advanced to.
+    watermark: i64,
+    /// The watermark before the advance.
+    previous: Option<i64>,
 }
 
 /// Drives the fold over the store for the assigned partitions.
@@ -330,6 +343,9 @@ pub struct Engine {
     /// the check of events from the future; `None`: no check. The engine
     /// never reads the clock itself.
     wall_clock: Option<i64>,
+    /// Customers whose timers one call fires at most (see
+    /// [`Engine::timers_due`]).
+    timer_chunk: usize,
 }
 
 impl Engine {
@@ -350,7 +366,65 @@ impl Engine {
             counters: BTreeMap::new(),
             steps: 0,
             wall_clock: None,
+            timer_chunk: TIMER_CHUNK,
         }
+    }
+
+    /// Sets how many customers' timers one call fires at most (default
+    /// [`TIMER_CHUNK`]; at least 1).
+    pub fn set_timer_chunk(&mut self, customers: usize) {
+        self.timer_chunk = customers.max(1);
+    }
+
+    /// Whether a watermark advance left timers due that the last call did
+    /// not fire (more than a chunk of customers). The live driver commits
+    /// the step and calls [`Engine::fire_due_timers`] until this is false,
+    /// so one jump of time costs bounded memory per step. Other calls on
+    /// the partition finish the advance first.
+    pub fn timers_due(&self) -> bool {
+        self.partitions.values().any(|s| s.timers_due.is_some())
+    }
+
+    /// Fires the next chunk of the due timers of every partition with an
+    /// advance in progress, and finishes the advances whose timers are all
+    /// fired. Returns [`Engine::timers_due`].
+    pub fn fire_due_timers(&mut self, out: &mut Outputs) -> Result<bool, EngineError> {
+        let due: Vec<u32> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.timers_due.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.fire_due_chunk(p, out)?;
+        }
+        Ok(self.timers_due())
+    }
+
+    /// One chunk of a partition's advance in progress.
+    fn fire_due_chunk(&mut self, partition: u32, out: &mut Outputs) -> Result<(), EngineError> {
+        let Some(due) = self.state_mut(partition)?.timers_due.take() else {
+            return Ok(());
+        };
+        let chunk = self.timer_chunk;
+        if self.fire_timers(partition, due.watermark, chunk, out)? {
+            self.state_mut(partition)?.timers_due = Some(due);
+            return Ok(());
+        }
+        self.close_to(partition, due.watermark, due.previous, out)
+    }
+
+    /// Finishes a partition's advance in progress, however many timers are
+    /// left (before any other work on the partition).
+    fn finish_due(&mut self, partition: u32, out: &mut Outputs) -> Result<(), EngineError> {
+        while self
+            .partitions
+            .get(&partition)
+            .is_some_and(|s| s.timers_due.is_some())
+        {
+            self.fire_due_chunk(partition, out)?;
+        }
+        Ok(())
     }
 
     /// The store.
@@ -420,6 +494,7 @@ impl Engine {
                 offset_dirty: false,
                 pending_timers: BTreeSet::new(),
                 store_timer_floor: floor,
+                timers_due: None,
             },
         );
         Ok(())
@@ -495,6 +570,7 @@ impl Engine {
         if self.skip_if_applied(partition, offset) {
             return Ok(());
         }
+        self.finish_due(partition, out)?;
         let state = self
             .partitions
             .get_mut(&partition)
@@ -839,7 +915,7 @@ impl Engine {
             .get(&partition)
             .and_then(|s| s.clock.max_event_time);
         if let Some(max) = max {
-            self.advance_watermark(partition, max.saturating_sub(lateness), out)?;
+            self.advance_in_chunks(partition, max.saturating_sub(lateness), out)?;
         }
         Ok(())
     }
@@ -847,22 +923,57 @@ impl Engine {
     /// Moves a partition's watermark forward to `wm` (never backwards): fires
     /// the timers due before it, then closes the windows that end by it.
     /// Drivers call it directly for an idle partition and at the end of a
-    /// bounded input.
+    /// bounded input. Every due timer fires in this call.
     pub fn advance_watermark(
         &mut self,
         partition: u32,
         wm: i64,
         out: &mut Outputs,
     ) -> Result<(), EngineError> {
+        self.advance_in_chunks(partition, wm, out)?;
+        self.finish_due(partition, out)
+    }
+
+    /// [`Engine::advance_watermark`], firing at most one chunk of customers'
+    /// timers: when more are due, the advance stays in progress
+    /// ([`Engine::timers_due`]), and the watermark moves and the windows
+    /// close once they have all fired.
+    fn advance_in_chunks(
+        &mut self,
+        partition: u32,
+        wm: i64,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
         let state = self.state_mut(partition)?;
-        let previous = state.clock.watermark;
-        if previous.is_some_and(|cur| wm <= cur) {
-            return Ok(());
-        }
+        let due = match state.timers_due {
+            // An advance in progress goes further.
+            Some(d) if wm <= d.watermark => return Ok(()),
+            Some(d) => TimersDue {
+                watermark: wm,
+                previous: d.previous,
+            },
+            None if state.clock.watermark.is_some_and(|cur| wm <= cur) => return Ok(()),
+            None => TimersDue {
+                watermark: wm,
+                previous: state.clock.watermark,
+            },
+        };
+        state.timers_due = Some(due);
+        self.fire_due_chunk(partition, out)
+    }
+
+    /// Sets the watermark of a partition whose due timers have all fired,
+    /// and closes the windows that end by it.
+    fn close_to(
+        &mut self,
+        partition: u32,
+        wm: i64,
+        previous: Option<i64>,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
+        let state = self.state_mut(partition)?;
         state.clock.watermark = Some(wm);
         state.clock_dirty = true;
-        self.fire_timers(partition, wm, usize::MAX, out)?;
-        let state = self.state_mut(partition)?;
         let before = out.partials.len();
         state.aggregator.advance(wm, &mut out.partials);
         // Progress markers matter to the merge stage only when a window can
@@ -899,15 +1010,21 @@ impl Engine {
         out: &mut Outputs,
     ) -> Result<bool, EngineError> {
         let mut due: BTreeSet<(i64, String)> = BTreeSet::new();
+        // More due in memory than this call fires.
+        let pending_more;
         {
             let state = self.state_mut(partition)?;
             due.extend(
                 state
                     .pending_timers
                     .range(..(before, String::new()))
-                    .take(limit)
+                    .take(limit.saturating_add(1))
                     .cloned(),
             );
+            pending_more = due.len() > limit;
+            if pending_more {
+                due.pop_last();
+            }
         }
         let floor = self
             .partitions
@@ -993,6 +1110,7 @@ impl Engine {
                 fired += 1;
             }
         }
+        more |= pending_more;
         if !more && floor.is_some_and(|f| f < before) {
             // Everything before `before` has fired: the store holds nothing due
             // earlier than that any more (after this step's commit). The next
@@ -1297,5 +1415,7 @@ mod clock;
 
 pub use clock::Clock;
 
+#[cfg(test)]
+mod chunk_tests;
 #[cfg(test)]
 mod tests;

@@ -1042,6 +1042,22 @@ struct Worker {
 impl Worker {
     /// Delivers the step's outputs, then writes its state and offsets, then
     /// commits the offsets to the group.
+    /// Fires the timers a jump of event time left due, a chunk of
+    /// customers per step, committing each (bounded memory per step).
+    fn fire_due_timers(
+        &mut self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+    ) -> anyhow::Result<()> {
+        while self.engine.timers_due() {
+            let mut out = std::mem::take(&mut self.out);
+            let fired = self.engine.fire_due_timers(&mut out);
+            self.out = out;
+            fired?;
+            self.commit_step(consumer)?;
+        }
+        Ok(())
+    }
+
     fn commit_step(&mut self, consumer: &BaseConsumer<impl ConsumerContext>) -> anyhow::Result<()> {
         // Announce watermark progress to the merge stage (heartbeats that let
         // it close windows and detect idle partitions).
@@ -1816,6 +1832,11 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                     n += 1;
                     step_bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
                     last_seen.insert(m.partition() as u32, Instant::now());
+                    if w.engine.timers_due() {
+                        // A jump of event time with more timers due than a
+                        // step holds: commit, then fire them in chunks.
+                        break;
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, "consumer error");
@@ -1864,7 +1885,10 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
             }
             if n > 0 || last_commit.elapsed() >= commit_interval || ended {
                 let _step = (n > 0).then(|| tracing::info_span!("step", records = n).entered());
-                match w.commit_step(&consumer) {
+                match w
+                    .commit_step(&consumer)
+                    .and_then(|()| w.fire_due_timers(&consumer))
+                {
                     Ok(()) => w.failing_steps = 0,
                     Err(e) if is_fatal_step_error(&e) => return Err(e),
                     Err(e) => {

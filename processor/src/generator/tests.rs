@@ -312,25 +312,3 @@ fn padded_numbers() {
     push_uint(&mut s, u64::MAX, 3);
     assert_eq!(s, format!("000123 0 {}", u64::MAX));
 }
-
-/// `cargo test --release -p siklus --lib generator::tests::speed -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn speed() {
-    let t0 = std::time::Instant::now();
-    let mut n = 0u64;
-    let mut bytes = 0usize;
-    for e in Generator::new(GeneratorConfig {
-        customers: 1_000_000,
-        events_per_customer: 5.0,
-        ..Default::default()
-    }) {
-        n += 1;
-        bytes += e.event_id.len();
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "{n} events in {secs:.2} s: {:.0} events/s ({bytes})",
-        n as f64 / secs
-    );
-}
