@@ -843,3 +843,31 @@ pub fn transitions_by_id(broker: &Broker, topic: &str) -> BTreeMap<String, Strin
     }
     m
 }
+
+/// The latest value of each key of a topic (the view of a reader that
+/// keeps the last value per key, as of keyed upserts).
+pub fn latest_by_key(broker: &Broker, topic: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    broker
+        .read_all(topic)
+        .into_iter()
+        .map(|r| (r.key.unwrap_or_default(), r.value.unwrap_or_default()))
+        .collect()
+}
+
+/// The dead letters of a topic: (source partition, source offset, kind,
+/// value), without repeats.
+pub fn dead_letters(broker: &Broker, topic: &str) -> std::collections::BTreeSet<[String; 4]> {
+    broker
+        .read_all(topic)
+        .iter()
+        .map(|r| {
+            let h = |k: &str| r.header(k).unwrap_or_default().to_string();
+            [
+                h("siklus.source.partition"),
+                h("siklus.source.offset"),
+                h("siklus.error.kind"),
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
+            ]
+        })
+        .collect()
+}

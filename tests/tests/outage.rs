@@ -1,7 +1,9 @@
-//! The broker goes away for 60 s in the middle of a run. siklus keeps
-//! running, says it is not ready while the broker is away, and when the
-//! broker is back goes on to the end: every transition of an uninterrupted
-//! run, and any repeat (at least once) with the same id and content.
+//! The broker goes away in the middle of a run. siklus keeps running, says
+//! it is not ready while the broker is away, and when the broker is back
+//! goes on to the end: every transition of an uninterrupted run, and any
+//! repeat (at least once) with the same id and content. Once for 60 s, and
+//! once with deliveries that time out after 3 s, so that steps fail and are
+//! redone while the broker is away.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -22,6 +24,24 @@ fn by_id(broker: &Broker, topic: &str) -> BTreeMap<String, Vec<Vec<u8>>> {
 
 #[test]
 fn a_broker_away_for_60_s_makes_the_run_not_ready_and_loses_nothing() {
+    away(Duration::from_secs(60), &[]);
+}
+
+#[test]
+fn deliveries_timing_out_while_the_broker_is_away_are_redone_and_lose_nothing() {
+    let log = away(
+        Duration::from_secs(20),
+        &[("SIKLUS_KAFKA__MESSAGE_TIMEOUT_MS", "3000")],
+    );
+    assert!(
+        log.contains("step failed; redoing it"),
+        "no step failed while the broker was away:\n{log}"
+    );
+}
+
+/// The scenario: the broker away for `down`, siklus with `env`. Returns
+/// siklus's log.
+fn away(down_for: Duration, env: &[(&str, &str)]) -> String {
     let broker = Broker::start();
     let group = unique("outage");
     let input = format!("{group}.events");
@@ -46,7 +66,7 @@ fn a_broker_away_for_60_s_makes_the_run_not_ready_and_loses_nothing() {
     let extra = format!("http_listen = \"{addr}\"\nidle_timeout_ms = 600000\nmax_batch = 200\n");
     let cfg = write_config(dir.path(), &broker, &input, &group, &extra);
     let out = format!("{group}.transitions");
-    let mut child = spawn_run(&cfg, &["--stop-at-end"], &[]);
+    let mut child = spawn_run(&cfg, &["--stop-at-end"], env);
     wait_until("/readyz", Duration::from_secs(120), || {
         http_get(&addr, "/readyz").is_ok_and(|(s, _, _)| s == 200)
     });
@@ -66,8 +86,8 @@ fn a_broker_away_for_60_s_makes_the_run_not_ready_and_loses_nothing() {
     });
     let scrape = http_get(&addr, "/metrics").unwrap().2;
     assert_eq!(metric_sum(&scrape, "siklus_ready"), 0.0);
-    // Away for 60 s in all, the run alive throughout.
-    while down.elapsed() < Duration::from_secs(60) {
+    // Away for `down_for` in all, the run alive throughout.
+    while down.elapsed() < down_for {
         assert!(
             child.try_wait().unwrap().is_none(),
             "siklus stopped while the broker was away:\n{}",
@@ -127,4 +147,5 @@ fn a_broker_away_for_60_s_makes_the_run_not_ready_and_loses_nothing() {
         "{} transitions, {repeats} repeats (at least once)",
         got.len()
     );
+    log_of(&cfg)
 }
