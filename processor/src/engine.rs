@@ -937,8 +937,9 @@ impl Engine {
     /// [`Engine::advance_watermark`], firing at most one chunk of customers'
     /// timers: when more are due, the advance stays in progress
     /// ([`Engine::timers_due`]), and the watermark moves and the windows
-    /// close once they have all fired.
-    fn advance_in_chunks(
+    /// close once they have all fired. For drivers that commit and call
+    /// [`Engine::fire_due_timers`] until none are due.
+    pub fn advance_in_chunks(
         &mut self,
         partition: u32,
         wm: i64,

@@ -1875,7 +1875,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                     if let Some(end) = opts.end_time {
                         let mut out = std::mem::take(&mut w.out);
                         for p in assigned {
-                            w.engine.advance_watermark(p, end, &mut out)?;
+                            w.engine.advance_in_chunks(p, end, &mut out)?;
                         }
                         w.out = out;
                     }
@@ -1883,7 +1883,7 @@ pub fn run(cfg: &Config, opts: RunOptions, metrics: Arc<Metrics>) -> anyhow::Res
                     end_deadline = Some(Instant::now() + Duration::from_secs(30));
                 }
             }
-            if n > 0 || last_commit.elapsed() >= commit_interval || ended {
+            if n > 0 || last_commit.elapsed() >= commit_interval || ended || w.engine.timers_due() {
                 let _step = (n > 0).then(|| tracing::info_span!("step", records = n).entered());
                 match w
                     .commit_step(&consumer)
@@ -2257,7 +2257,7 @@ fn advance_idle(
     };
     let mut out = std::mem::take(&mut w.out);
     for p in idle_parts {
-        w.engine.advance_watermark(p, target, &mut out)?;
+        w.engine.advance_in_chunks(p, target, &mut out)?;
     }
     w.out = out;
     Ok(())
