@@ -305,7 +305,10 @@ impl Restores {
         owned: &[u32],
     ) -> anyhow::Result<Vec<Restored>> {
         let mut done = std::mem::take(&mut self.finished);
-        let result = self.step_into(&mut done, store, config, group, metrics, owned);
+        // Restored and about to be handed over: owned, not for a standby.
+        let mut owned = owned.to_vec();
+        owned.extend(done.iter().map(|r| r.partition));
+        let result = self.step_into(&mut done, store, config, group, metrics, &owned);
         match result {
             Ok(()) => Ok(done),
             Err(e) => {
