@@ -871,3 +871,16 @@ pub fn dead_letters(broker: &Broker, topic: &str) -> std::collections::BTreeSet<
         })
         .collect()
 }
+
+/// The generated events of `config` as records keyed by customer id, with
+/// JSON values, as `siklus produce` writes them.
+pub fn generated(
+    config: siklus::generator::GeneratorConfig,
+) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
+    siklus::generator::Generator::new(config).map(|e| {
+        (
+            e.customer_id.clone().into_bytes(),
+            siklus::codec::encode_event_json(&e),
+        )
+    })
+}

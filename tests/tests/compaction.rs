@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use siklus::generator::{Generator, GeneratorConfig};
+use siklus::generator::GeneratorConfig;
 use siklus_e2e::*;
 
 const EXTRA: &str = "max_batch = 300\nidle_timeout_ms = 600000";
@@ -19,17 +19,11 @@ fn a_restore_from_a_compacted_changelog_equals_the_state() {
     // Few customers with many events: many values per changelog key.
     broker.produce(
         &input,
-        Generator::new(GeneratorConfig {
+        generated(GeneratorConfig {
             customers: 300,
             events_per_customer: 40.0,
             seed: 17,
             ..Default::default()
-        })
-        .map(|e| {
-            (
-                e.customer_id.clone().into_bytes(),
-                siklus::codec::encode_event_json(&e),
-            )
         }),
     );
     // The changelog, created before siklus would: compacted, in segments

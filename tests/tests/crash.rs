@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use siklus::generator::{Generator, GeneratorConfig};
+use siklus::generator::GeneratorConfig;
 use siklus::model::StageTransition;
 use siklus_e2e::*;
 
@@ -14,16 +14,10 @@ const UNTIL: &str = "2025-03-01T00:00:00Z";
 
 fn load_input(broker: &Broker, topic: &str) {
     broker.create_topic(topic, 4);
-    let records = Generator::new(GeneratorConfig {
+    let records = generated(GeneratorConfig {
         customers: 1500,
         seed: 11,
         ..Default::default()
-    })
-    .map(|e| {
-        (
-            e.customer_id.clone().into_bytes(),
-            siklus::codec::encode_event_json(&e),
-        )
     });
     broker.produce(topic, records);
 }

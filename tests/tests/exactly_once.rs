@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use siklus::generator::{Generator, GeneratorConfig};
+use siklus::generator::GeneratorConfig;
 use siklus::model::StageTransition;
 use siklus_e2e::*;
 
@@ -46,6 +46,13 @@ fn counts(broker: &Broker, topic: &str) -> BTreeMap<String, usize> {
         *m.entry(t.transition_id).or_default() += 1;
     }
     m
+}
+
+/// Fails unless `got` holds each transition id of `want` once, and no other.
+fn assert_exactly_once(got: &BTreeMap<String, usize>, want: &BTreeMap<String, usize>) {
+    let twice = got.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "{twice} transitions read more than once");
+    assert_same_ids(got, want);
 }
 
 /// Fails, with the number missing and extra and a few of each, unless
@@ -86,16 +93,10 @@ fn load_input(broker: &Broker, customers: u64) -> String {
     broker.create_topic(&input, PARTITIONS);
     broker.produce(
         &input,
-        Generator::new(GeneratorConfig {
+        generated(GeneratorConfig {
             customers,
             seed: 21,
             ..Default::default()
-        })
-        .map(|e| {
-            (
-                e.customer_id.clone().into_bytes(),
-                siklus::codec::encode_event_json(&e),
-            )
         }),
     );
     input
@@ -126,13 +127,7 @@ fn exactly_once_outputs_survive_a_kill_after_the_commit() {
         log.contains("partition restored from the changelog"),
         "the committed step was not restored:\n{log}"
     );
-    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{} transitions read more than once",
-        twice.len()
-    );
-    assert_same_ids(&got, &want);
+    assert_exactly_once(&got, &want);
 
     // At least once, the same abort repeats the step's transitions.
     let (alo, _) = aborted_then_restarted(broker, &input, "at_least_once");
@@ -184,13 +179,7 @@ fn exactly_once_outputs_survive_a_sigkill_mid_stream() {
     );
 
     let got = counts(broker, &out);
-    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{} transitions read more than once",
-        twice.len()
-    );
-    assert_same_ids(&got, &want);
+    assert_exactly_once(&got, &want);
 }
 
 /// Copies a state directory (of a stopped instance).
@@ -269,11 +258,5 @@ fn a_zombie_with_the_same_transactional_id_is_fenced_and_nothing_is_written_twic
     assert!(status.success(), "{}", log_of(&twin_cfg));
 
     let got = counts(broker, &out);
-    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{} transitions read more than once",
-        twice.len()
-    );
-    assert_same_ids(&got, &want);
+    assert_exactly_once(&got, &want);
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use siklus::generator::{Generator, GeneratorConfig};
+use siklus::generator::GeneratorConfig;
 use siklus_e2e::*;
 
 const UNTIL: &str = "2025-03-01T00:00:00Z";
@@ -14,16 +14,10 @@ const EXTRA: &str = "max_batch = 300\nidle_timeout_ms = 600000";
 
 fn load_input(broker: &Broker, topic: &str) {
     broker.create_topic(topic, 4);
-    let records = Generator::new(GeneratorConfig {
+    let records = generated(GeneratorConfig {
         customers: 800,
         seed: 21,
         ..Default::default()
-    })
-    .map(|e| {
-        (
-            e.customer_id.clone().into_bytes(),
-            siklus::codec::encode_event_json(&e),
-        )
     });
     broker.produce(topic, records);
 }

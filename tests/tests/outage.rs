@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use siklus::generator::{Generator, GeneratorConfig};
+use siklus::generator::GeneratorConfig;
 use siklus_e2e::*;
 
 /// Every transition of a topic, by id: the values read with that id.
@@ -48,16 +48,10 @@ fn away(down_for: Duration, env: &[(&str, &str)]) -> String {
     broker.create_topic(&input, 4);
     broker.produce(
         &input,
-        Generator::new(GeneratorConfig {
+        generated(GeneratorConfig {
             customers: 4000,
             seed: 5,
             ..Default::default()
-        })
-        .map(|e| {
-            (
-                e.customer_id.clone().into_bytes(),
-                siklus::codec::encode_event_json(&e),
-            )
         }),
     );
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use siklus::generator::{Generator, GeneratorConfig};
+use siklus::generator::GeneratorConfig;
 use siklus_e2e::*;
 
 #[test]
@@ -13,16 +13,10 @@ fn a_rebalance_mid_stream_loses_nothing() {
     broker.create_topic(&input, 4);
     broker.produce(
         &input,
-        Generator::new(GeneratorConfig {
+        generated(GeneratorConfig {
             customers: 2000,
             seed: 3,
             ..Default::default()
-        })
-        .map(|e| {
-            (
-                e.customer_id.clone().into_bytes(),
-                siklus::codec::encode_event_json(&e),
-            )
         }),
     );
     let extra = "max_batch = 200\nidle_timeout_ms = 600000";

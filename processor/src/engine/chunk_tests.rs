@@ -46,19 +46,25 @@ fn events() -> Vec<InteractionEvent> {
     v
 }
 
-/// Runs the events as the live driver does: a commit after each record,
-/// and while timers are due, a chunk and a commit. Returns the outputs, and
-/// the most transitions one call produced.
-fn run(chunk: usize) -> (Vec<String>, Vec<String>, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), &Default::default()).expect("store"));
-    let mut engine = Engine::new(
+/// A live-policy engine over a new store in `dir` (partition 0 not yet
+/// assigned).
+fn live_engine(dir: &std::path::Path) -> Engine {
+    let store = Arc::new(Store::open(dir, &Default::default()).expect("store"));
+    Engine::new(
         store,
         EngineConfig {
             live_watermark: true,
             ..Default::default()
         },
-    );
+    )
+}
+
+/// Runs the events as the live driver does: a commit after each record,
+/// and while timers are due, a chunk and a commit. Returns the outputs, and
+/// the most transitions one call produced.
+fn run(chunk: usize) -> (Vec<String>, Vec<String>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = live_engine(dir.path());
     engine.set_timer_chunk(chunk);
     engine.assign(0).expect("assign");
     let mut transitions = Vec::new();
@@ -114,14 +120,7 @@ fn a_jump_of_time_fires_its_timers_in_chunks_with_the_same_outputs() {
 #[test]
 fn an_advance_in_progress_is_finished_before_the_partition_takes_a_record() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), &Default::default()).expect("store"));
-    let mut engine = Engine::new(
-        store,
-        EngineConfig {
-            live_watermark: true,
-            ..Default::default()
-        },
-    );
+    let mut engine = live_engine(dir.path());
     engine.set_timer_chunk(10);
     engine.assign(0).expect("assign");
     let evs = events();
