@@ -884,3 +884,58 @@ pub fn generated(
         )
     })
 }
+
+/// Creates `topic` with `partitions` and produces the generated events of
+/// `customers` customers (seed `seed`) to it. Returns how many.
+pub fn load_generated(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    customers: u64,
+    seed: u64,
+) -> usize {
+    broker.create_topic(topic, partitions);
+    let events: Vec<(Vec<u8>, Vec<u8>)> = generated(siklus::generator::GeneratorConfig {
+        customers,
+        seed,
+        ..Default::default()
+    })
+    .collect();
+    let n = events.len();
+    broker.produce(topic, events);
+    n
+}
+
+/// `siklus run --stop-at-end --until <until>` with `extra` in
+/// `[processor]` and `envs`, to its exit (at most 240 s). Returns its exit
+/// status and its log.
+pub fn run_until_end(
+    dir: &Path,
+    broker: &Broker,
+    input: &str,
+    group: &str,
+    extra: &str,
+    until: &str,
+    envs: &[(&str, &str)],
+) -> (std::process::ExitStatus, String) {
+    let cfg = write_config(dir, broker, input, group, extra);
+    let mut child = spawn_run(&cfg, &["--stop-at-end", "--until", until], envs);
+    let status = wait_exit(
+        &mut child,
+        Duration::from_secs(240),
+        &cfg.with_extension("log"),
+    );
+    (status, log_of(&cfg))
+}
+
+/// Every profile of the store under `dir/state`, by (partition, customer).
+pub fn all_profiles(dir: &Path) -> BTreeMap<(u32, String), Vec<u8>> {
+    let store = siklus_state::Store::open(&dir.join("state"), &Default::default()).expect("state");
+    let mut all = BTreeMap::new();
+    for p in store.partitions().expect("partitions") {
+        for (c, v) in store.profiles(p).expect("profiles") {
+            all.insert((p, c), v);
+        }
+    }
+    all
+}

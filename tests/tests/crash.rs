@@ -3,53 +3,14 @@
 //! (duplicates only with identical ids and content).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use siklus::generator::GeneratorConfig;
 use siklus::model::StageTransition;
 use siklus_e2e::*;
 
 const UNTIL: &str = "2025-03-01T00:00:00Z";
-
-fn load_input(broker: &Broker, topic: &str) {
-    broker.create_topic(topic, 4);
-    let records = generated(GeneratorConfig {
-        customers: 1500,
-        seed: 11,
-        ..Default::default()
-    });
-    broker.produce(topic, records);
-}
-
-fn run_to_end(
-    dir: &Path,
-    broker: &Broker,
-    input: &str,
-    group: &str,
-    envs: &[(&str, &str)],
-) -> std::process::ExitStatus {
-    let cfg = write_config(dir, broker, input, group, "max_batch = 300\n# every partition is busy here: no idle shortcuts\nidle_timeout_ms = 600000");
-    let mut child = spawn_run(&cfg, &["--stop-at-end", "--until", UNTIL], envs);
-    wait_exit(
-        &mut child,
-        Duration::from_secs(240),
-        &cfg.with_extension("log"),
-    )
-}
-
-/// Every profile of every partition, decoded, keyed by (partition, customer).
-fn state_of(dir: &Path) -> BTreeMap<(u32, String), Vec<u8>> {
-    let store =
-        siklus_state::Store::open(&dir.join("state"), &Default::default()).expect("open state");
-    let mut all = BTreeMap::new();
-    for p in store.partitions().expect("partitions") {
-        for (c, v) in store.profiles(p).expect("profiles") {
-            all.insert((p, c), v);
-        }
-    }
-    all
-}
+// Every partition is busy here: no idle shortcuts.
+const EXTRA: &str = "max_batch = 300\nidle_timeout_ms = 600000";
 
 /// Asserts two states are equal, describing the first differences readably.
 fn assert_same_state(
@@ -100,13 +61,23 @@ fn assert_same_state(
 fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
     let broker = Broker::shared();
     let input = unique("crash-in");
-    load_input(broker, &input);
+    load_generated(broker, &input, 4, 1500, 11);
 
     // Reference: one uninterrupted run.
     let ref_dir = tempfile::tempdir().unwrap();
     let ref_group = unique("ref");
-    assert!(run_to_end(ref_dir.path(), broker, &input, &ref_group, &[]).success());
-    let expected_state = state_of(ref_dir.path());
+    assert!(run_until_end(
+        ref_dir.path(),
+        broker,
+        &input,
+        &ref_group,
+        EXTRA,
+        UNTIL,
+        &[]
+    )
+    .0
+    .success());
+    let expected_state = all_profiles(ref_dir.path());
     let expected = transitions_by_id(broker, &format!("{ref_group}.transitions"));
     assert!(
         expected.len() > 1000,
@@ -136,7 +107,11 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
     }
     // Restarted at once: the successor joins while the dead member is still
     // in the group, until the coordinator evicts it (session.timeout.ms).
-    assert!(run_to_end(dir.path(), broker, &input, &group, &[]).success());
+    assert!(
+        run_until_end(dir.path(), broker, &input, &group, EXTRA, UNTIL, &[])
+            .0
+            .success()
+    );
     let log = std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default();
     let warnings: Vec<&str> = log
         .lines()
@@ -145,7 +120,7 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
         .collect();
     eprintln!("siklus warnings:\n{}", warnings.join("\n"));
     assert_same_state(
-        &state_of(dir.path()),
+        &all_profiles(dir.path()),
         &expected_state,
         "state after SIGKILL",
     );
@@ -162,35 +137,55 @@ fn killed_mid_stream_and_restarted_matches_an_uninterrupted_run() {
 fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
     let broker = Broker::shared();
     let input = unique("abort-in");
-    load_input(broker, &input);
+    load_generated(broker, &input, 4, 1500, 11);
     let ref_dir = tempfile::tempdir().unwrap();
     let ref_group = unique("ref");
-    assert!(run_to_end(ref_dir.path(), broker, &input, &ref_group, &[]).success());
-    let expected_state = state_of(ref_dir.path());
+    assert!(run_until_end(
+        ref_dir.path(),
+        broker,
+        &input,
+        &ref_group,
+        EXTRA,
+        UNTIL,
+        &[]
+    )
+    .0
+    .success());
+    let expected_state = all_profiles(ref_dir.path());
     let expected = transitions_by_id(broker, &format!("{ref_group}.transitions"));
 
     // 1. Aborted after delivering a step's outputs but before writing its state.
     let dir = tempfile::tempdir().unwrap();
     let group = unique("abort");
-    let status = run_to_end(
+    let status = run_until_end(
         dir.path(),
         broker,
         &input,
         &group,
+        EXTRA,
+        UNTIL,
         &[("SIKLUS_FAULT_ABORT_AFTER_STEPS", "5")],
-    );
+    )
+    .0;
     assert!(!status.success(), "the fault injection did not fire");
-    let status = run_to_end(
+    let status = run_until_end(
         dir.path(),
         broker,
         &input,
         &group,
+        EXTRA,
+        UNTIL,
         &[("SIKLUS_FAULT_ABORT_AFTER_STEPS", "17")],
-    );
+    )
+    .0;
     assert!(!status.success(), "the second fault injection did not fire");
-    assert!(run_to_end(dir.path(), broker, &input, &group, &[]).success());
+    assert!(
+        run_until_end(dir.path(), broker, &input, &group, EXTRA, UNTIL, &[])
+            .0
+            .success()
+    );
     {
-        let got_state = state_of(dir.path());
+        let got_state = all_profiles(dir.path());
         if let Some(((_, cust), _)) = got_state
             .iter()
             .find(|(k, v)| expected_state.get(*k) != Some(*v))
@@ -222,7 +217,11 @@ fn aborted_between_delivery_and_state_write_matches_an_uninterrupted_run() {
             }
         }
     }
-    assert_same_state(&state_of(dir.path()), &expected_state, "state after aborts");
+    assert_same_state(
+        &all_profiles(dir.path()),
+        &expected_state,
+        "state after aborts",
+    );
     assert_eq!(
         transitions_by_id(broker, &format!("{group}.transitions")),
         expected

@@ -13,19 +13,6 @@ use siklus_e2e::*;
 /// No idle shortcuts (they depend on wall-clock timing), moderate steps.
 const EXTRA: &str = "max_batch = 2000\nidle_timeout_ms = 600000";
 
-fn load(broker: &Broker, topic: &str, partitions: i32, customers: u64, seed: u64) -> usize {
-    broker.create_topic(topic, partitions);
-    let events: Vec<(Vec<u8>, Vec<u8>)> = generated(GeneratorConfig {
-        customers,
-        seed,
-        ..Default::default()
-    })
-    .collect();
-    let n = events.len();
-    broker.produce(topic, events);
-    n
-}
-
 /// One uninterrupted instance: its state and transitions, and its group.
 fn reference_group(
     broker: &Broker,
@@ -272,7 +259,7 @@ fn three_instances_killed_at_random_match_one_uninterrupted_instance() {
 fn scale_out_and_in_restores_from_the_changelog() {
     let broker = Broker::shared();
     let input = unique("scale-in");
-    load(broker, &input, 4, 5_000, 5);
+    load_generated(broker, &input, 4, 5_000, 5);
     let (want_state, want, _ref_dir) = reference(broker, &input);
 
     let group = unique("scale");
@@ -517,7 +504,7 @@ fn fields(line: &str) -> BTreeMap<String, String> {
 fn a_standby_takes_over_without_a_full_restore() {
     let broker = Broker::shared();
     let input = unique("standby-in");
-    load(broker, &input, 4, 5_000, 8);
+    load_generated(broker, &input, 4, 5_000, 8);
     let (want_state, want, _ref_dir) = reference(broker, &input);
 
     let group = unique("standby");
