@@ -4,11 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
-fn siklus() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_siklus"))
-}
+mod common;
+use common::*;
 
 fn replay(input: &Path, out: &Path, extra: &[&str]) {
     let run = siklus()

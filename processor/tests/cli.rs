@@ -1,10 +1,7 @@
 //! The binary's file replay, dead-letter file and `inspect`, as a user runs them.
 
-use std::process::Command;
-
-fn siklus() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_siklus"))
-}
+mod common;
+use common::*;
 
 #[test]
 fn replay_writes_outputs_and_dead_letters_then_inspect_reads_the_state() {

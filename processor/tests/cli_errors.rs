@@ -3,28 +3,8 @@
 
 use std::process::{Command, Output};
 
-/// The binary with a clean environment: no `SIKLUS_*` variable, no
-/// backtrace or colour setting of the machine running the tests.
-fn siklus() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_siklus"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SIKLUS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env_remove("NO_COLOR");
-    c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::*;
 
 /// The one `error:` line of a failed command (and that there is one only).
 fn error_line(o: &Output) -> String {

@@ -3,28 +3,15 @@
 //! it over TCP). The mock has no CreateTopics: every topic is created here.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
-fn siklus() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_siklus"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SIKLUS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE");
-    c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::*;
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)

@@ -2,23 +2,9 @@
 //! file replay.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn siklus() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_siklus"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SIKLUS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE");
-    c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::*;
 
 /// A state directory holding the profile of `ana`, from a file replay.
 fn replayed_state(dir: &Path) -> std::path::PathBuf {
