@@ -234,9 +234,15 @@ pub struct Processor {
     pub block_cache_bytes: usize,
     /// RocksDB memtable size (bytes).
     pub write_buffer_bytes: usize,
-    /// Profiles kept decoded in memory between commits, over all assigned
-    /// partitions (a read cache in front of RocksDB; 0 turns it off).
-    pub profile_cache: usize,
+    /// Bytes of profiles kept decoded in memory between commits, over all
+    /// assigned partitions (estimated; the hot table in front of RocksDB;
+    /// default 256 MiB; 0 keeps only the profiles of the step in progress).
+    pub state_cache_bytes: usize,
+    /// Replaced by `state_cache_bytes` (the cache is bounded in bytes, not
+    /// in profiles): accepted, so older files still load, and ignored with a
+    /// warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_cache: Option<usize>,
     /// RocksDB memtables kept at most (each `write_buffer_bytes`).
     pub max_write_buffers: i32,
     /// Write every state change to the compacted changelog topic
@@ -289,7 +295,8 @@ impl Default for Processor {
             max_future_skew_ms: crate::time::DAY_MS,
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
-            profile_cache: crate::engine::DEFAULT_PROFILE_CACHE,
+            state_cache_bytes: crate::engine::DEFAULT_CACHE_BYTES,
+            profile_cache: None,
             max_write_buffers: 2,
             changelog: true,
             expire_churned_after_days: 0,
@@ -469,6 +476,14 @@ impl Config {
             }
         }
         cfg.validate()?;
+        if let Some(n) = cfg.processor.profile_cache.take() {
+            tracing::warn!(
+                profile_cache = n,
+                state_cache_bytes = cfg.processor.state_cache_bytes,
+                "processor.profile_cache is replaced by processor.state_cache_bytes \
+                 (the profile cache is bounded in bytes) and is ignored"
+            );
+        }
         Ok(cfg)
     }
 
@@ -559,7 +574,7 @@ impl Config {
             live_watermark,
             max_time_jump_ms: self.processor.max_time_jump_ms,
             max_future_skew_ms: self.processor.max_future_skew_ms,
-            profile_cache: self.processor.profile_cache,
+            cache_bytes: self.processor.state_cache_bytes,
             expire_churned_after_ms: (self.processor.expire_churned_after_days > 0)
                 .then(|| i64::from(self.processor.expire_churned_after_days) * crate::time::DAY_MS),
         }

@@ -45,8 +45,8 @@ pub const MAX_ID_BYTES: usize = 1024;
 /// Customers whose timers a bounded input's end fires per step: each step
 /// holds their profiles and transitions in memory until its commit.
 pub const TIMER_CHUNK: usize = 10_000;
-/// Default of [`EngineConfig::profile_cache`].
-pub const DEFAULT_PROFILE_CACHE: usize = 10_000;
+/// Default of [`EngineConfig::cache_bytes`] (256 MiB).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 /// Partition metadata: clock and aggregator.
 const META_CLOCK: &str = "clock";
 const META_AGG: &str = "aggregator";
@@ -132,9 +132,12 @@ pub struct EngineConfig {
     /// driver with [`Engine::set_wall_clock`]) is a dead letter of kind
     /// `future` (ms; default one day).
     pub max_future_skew_ms: i64,
-    /// Profiles kept in memory between commits, over all partitions (a
-    /// cache of the store: a hit saves a RocksDB read and a decode).
-    pub profile_cache: usize,
+    /// Bytes of profiles kept in memory between commits, over all
+    /// partitions (estimated; a cache of the store: a hit saves a RocksDB
+    /// read and a decode). The least recently used profiles beyond it are
+    /// dropped at each commit; profiles changed by the step in progress
+    /// stay until its commit (see [`Engine::cache_full`]).
+    pub cache_bytes: usize,
     /// Event-time expiry: a churned profile whose last activity is older
     /// than this (ms) when the watermark passes is deleted, as if erased
     /// (`None`: profiles are kept for ever).
@@ -149,7 +152,7 @@ impl Default for EngineConfig {
             live_watermark: true,
             max_time_jump_ms: 7 * crate::time::DAY_MS,
             max_future_skew_ms: crate::time::DAY_MS,
-            profile_cache: DEFAULT_PROFILE_CACHE,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             expire_churned_after_ms: None,
         }
     }
@@ -296,7 +299,15 @@ struct Entry {
     in_step: bool,
     /// The step that last used the entry (for eviction).
     used: u64,
+    /// Estimated memory of the entry (see [`entry_bytes`]), as of its load
+    /// or its last commit.
+    bytes: usize,
 }
+
+/// The hasher of the profile table: customer ids are hashed once or twice
+/// per event, and SipHash (the standard one) showed in profiles. foldhash
+/// is seeded per table, so the layout still differs from run to run.
+type CacheMap = HashMap<String, Entry, foldhash::fast::RandomState>;
 
 struct PartitionState {
     next_offset: Option<i64>,
@@ -304,7 +315,13 @@ struct PartitionState {
     clock_dirty: bool,
     aggregator: PartitionAggregator,
     /// Profiles in memory: this step's and a bounded cache of earlier ones.
-    cache: HashMap<String, Entry>,
+    cache: CacheMap,
+    /// Sum of the `bytes` of `cache`.
+    cache_bytes: usize,
+    /// The store held no profile of the partition when it was assigned,
+    /// and no profile has left the cache since: a customer missing from the
+    /// cache is then missing from the store too, and is not read.
+    fresh: bool,
     /// Customers of `cache` touched since the last commit.
     dirty: Vec<String>,
     /// Whether the next offset moved since the last commit.
@@ -318,6 +335,22 @@ struct PartitionState {
     /// one chunk was due): the clock keeps the previous watermark until
     /// they are, and the windows close then.
     timers_due: Option<TimersDue>,
+    /// How far the store's timer index has been read for the firing of
+    /// timers due before some instant (see [`ScanCursor`]).
+    scan_cursor: Option<ScanCursor>,
+}
+
+/// Where the next scan of the store's timer index for the same `before`
+/// starts: every entry up to `key` was read, and its customer is in the
+/// cache with its true deadline in `pending_timers` (or it fired). Firing a
+/// bounded input's end in chunks then reads the index once, not once per
+/// chunk over the deleted entries of the chunks before. A commit that
+/// writes a timer at or below `key`, or an eviction of a customer due
+/// before `before`, drops the cursor.
+#[derive(Debug, Clone)]
+struct ScanCursor {
+    before: i64,
+    key: (i64, String),
 }
 
 /// A watermark advance in progress (see [`Engine::timers_due`]).
@@ -482,6 +515,7 @@ impl Engine {
             None => PartitionAggregator::new(partition),
         };
         let floor = self.store_timer_floor(partition)?;
+        let fresh = !self.store.has_profiles(partition)?;
         self.partitions.insert(
             partition,
             PartitionState {
@@ -489,12 +523,15 @@ impl Engine {
                 clock,
                 clock_dirty: false,
                 aggregator,
-                cache: HashMap::new(),
+                cache: CacheMap::default(),
+                cache_bytes: 0,
+                fresh,
                 dirty: Vec::new(),
                 offset_dirty: false,
                 pending_timers: BTreeSet::new(),
                 store_timer_floor: floor,
                 timers_due: None,
+                scan_cursor: None,
             },
         );
         Ok(())
@@ -811,7 +848,12 @@ impl Engine {
             entry.used = step;
             return Ok(());
         }
-        let (profile, seen, transitions) = match self.store.profile(partition, customer)? {
+        let stored = if state.fresh {
+            None
+        } else {
+            self.store.profile(partition, customer)?
+        };
+        let (profile, seen, transitions) = match stored {
             Some(bytes) => {
                 let stored = decode_stored_profile(&bytes)
                     .map_err(|reason| EngineError::Corrupt { partition, reason })?;
@@ -823,21 +865,22 @@ impl Engine {
         if let Some(d) = stored_deadline {
             state.pending_timers.insert((d, customer.to_string()));
         }
-        state.cache.insert(
-            customer.to_string(),
-            Entry {
-                stored: profile.is_some(),
-                profile,
-                seen,
-                spill: Vec::new(),
-                transitions,
-                stored_deadline,
-                changed: false,
-                forget_seen: false,
-                in_step: false,
-                used: step,
-            },
-        );
+        let mut entry = Entry {
+            stored: profile.is_some(),
+            profile,
+            seen,
+            spill: Vec::new(),
+            transitions,
+            stored_deadline,
+            changed: false,
+            forget_seen: false,
+            in_step: false,
+            used: step,
+            bytes: 0,
+        };
+        entry.bytes = entry_bytes(customer, &entry);
+        state.cache_bytes += entry.bytes;
+        state.cache.insert(customer.to_string(), entry);
         Ok(())
     }
 
@@ -1032,19 +1075,24 @@ impl Engine {
             .get(&partition)
             .and_then(|s| s.store_timer_floor);
         let mut more = false;
-        if let Some(floor) = floor.filter(|f| *f < before) {
-            // The store index may hold due timers; those of customers loaded in
-            // this step are stale (the pending set has their truth).
-            let scan_limit = limit.saturating_add(self.cached_len(partition));
-            let found = self
-                .store
-                .timers_between(partition, floor, before, scan_limit)?;
-            more = found.len() >= scan_limit && scan_limit != usize::MAX;
+        let fresh = self.partitions.get(&partition).is_some_and(|s| s.fresh);
+        if let Some(floor) = floor.filter(|f| *f < before && !fresh) {
+            // The store index may hold due timers of customers that are not
+            // in memory (a fresh partition has every customer in memory).
+            // Those are loaded, which puts their true deadline in the
+            // pending set; the entries of customers in memory are stale.
+            more = self.load_due_from_store(partition, floor, before, limit)?;
             let state = self.state_mut(partition)?;
-            for (d, c) in found {
-                if !state.cache.contains_key(&c) {
-                    due.insert((d, c));
-                }
+            due.extend(
+                state
+                    .pending_timers
+                    .range(..(before, String::new()))
+                    .take(limit.saturating_add(1))
+                    .cloned(),
+            );
+            while due.len() > limit {
+                more = true;
+                due.pop_last();
             }
         }
         let mut fired = 0usize;
@@ -1125,8 +1173,53 @@ impl Engine {
         Ok(more)
     }
 
-    fn cached_len(&self, partition: u32) -> usize {
-        self.partitions.get(&partition).map_or(0, |s| s.cache.len())
+    /// Reads the store's timer index of a partition for timers due before
+    /// `before`, from where the last read for the same `before` stopped
+    /// (else from `floor`), and loads the customers that are not in memory,
+    /// at most `limit` of them. Returns whether it stopped at the limit.
+    fn load_due_from_store(
+        &mut self,
+        partition: u32,
+        floor: i64,
+        before: i64,
+        limit: usize,
+    ) -> Result<bool, EngineError> {
+        let state = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or(EngineError::NotAssigned(partition))?;
+        let read_to = state
+            .scan_cursor
+            .take()
+            .filter(|c| c.before == before)
+            .map(|c| c.key);
+        let start = match &read_to {
+            // Just after the last key read.
+            Some((d, c)) => (*d, format!("{c}\0")),
+            None => (floor, String::new()),
+        };
+        let mut found: Vec<String> = Vec::new();
+        let mut last: Option<(i64, String)> = None;
+        let mut full = false;
+        let cache = &state.cache;
+        self.store
+            .scan_timers(partition, (start.0, &start.1), before, |d, c| {
+                if found.len() >= limit {
+                    full = true;
+                    return false;
+                }
+                last = Some((d, c.to_string()));
+                if !cache.contains_key(c) {
+                    found.push(c.to_string());
+                }
+                true
+            })?;
+        for customer in &found {
+            self.load(partition, customer)?;
+        }
+        let state = self.state_mut(partition)?;
+        state.scan_cursor = last.or(read_to).map(|key| ScanCursor { before, key });
+        Ok(full)
     }
 
     fn store_timer_floor(&self, partition: u32) -> Result<Option<i64>, EngineError> {
@@ -1150,6 +1243,18 @@ impl Engine {
     /// Number of profiles held in memory (this step's and the cache).
     pub fn cached_profiles(&self) -> usize {
         self.partitions.values().map(|s| s.cache.len()).sum()
+    }
+
+    /// Estimated bytes of the profiles held in memory.
+    pub fn cached_bytes(&self) -> usize {
+        self.partitions.values().map(|s| s.cache_bytes).sum()
+    }
+
+    /// Whether the profiles in memory exceed [`EngineConfig::cache_bytes`]:
+    /// a driver that commits on its own schedule (a file replay, whose steps
+    /// are long) commits now, so that the commit can drop profiles.
+    pub fn cache_full(&self) -> bool {
+        self.cached_bytes() > self.config.cache_bytes
     }
 
     /// Writes everything processed since the last commit, with the next input
@@ -1179,7 +1284,7 @@ impl Engine {
         mut changelog: Option<&mut Vec<ChangeRecord>>,
     ) -> Result<Batch, EngineError> {
         let config = self.config.clone();
-        let per_partition = self.config.profile_cache / self.partitions.len().max(1);
+        let per_partition = self.config.cache_bytes / self.partitions.len().max(1);
         let store = self.store.clone();
         let logging = changelog.is_some();
         for (&partition, state) in self.partitions.iter_mut() {
@@ -1213,6 +1318,14 @@ impl Engine {
                         batch.delete_timer(partition, d, &customer);
                     }
                     if let Some(d) = new_deadline {
+                        if state
+                            .scan_cursor
+                            .as_ref()
+                            .is_some_and(|c| (d, customer.as_str()) <= (c.key.0, c.key.1.as_str()))
+                        {
+                            // Written behind the read position of the index.
+                            state.scan_cursor = None;
+                        }
                         batch.put_timer(partition, d, &customer);
                         state.store_timer_floor =
                             Some(state.store_timer_floor.map_or(d, |f| f.min(d)));
@@ -1245,9 +1358,12 @@ impl Engine {
                 entry.changed = false;
                 entry.forget_seen = false;
                 entry.in_step = false;
+                let bytes = entry_bytes(&customer, entry);
+                state.cache_bytes = state.cache_bytes - entry.bytes + bytes;
+                entry.bytes = bytes;
             }
             state.offset_dirty = false;
-            if state.cache.len() > per_partition {
+            if state.cache_bytes > per_partition {
                 evict(state, per_partition - per_partition / 4, &config);
             }
             if state.clock_dirty {
@@ -1325,23 +1441,85 @@ fn expiry_deadline(p: &Profile, config: &EngineConfig) -> Option<i64> {
     }
 }
 
-/// Shrinks a partition's cache (all clean, right after a commit) to `keep`
-/// entries, dropping the least recently used ones and their pending timers.
+/// Shrinks a partition's cache (all clean, right after a commit) to at
+/// most `keep` bytes, dropping the least recently used entries and their
+/// pending timers.
 fn evict(state: &mut PartitionState, keep: usize, config: &EngineConfig) {
-    let mut ages: Vec<(u64, &String)> = state.cache.iter().map(|(k, e)| (e.used, k)).collect();
-    if ages.len() <= keep {
+    if state.cache_bytes <= keep {
         return;
     }
-    let cut = ages.len() - keep;
-    ages.select_nth_unstable(cut - 1);
-    let victims: Vec<String> = ages[..cut].iter().map(|(_, k)| (*k).clone()).collect();
+    let mut ages: Vec<(u64, usize, &String)> = state
+        .cache
+        .iter()
+        .map(|(k, e)| (e.used, e.bytes, k))
+        .collect();
+    // Oldest first; the key breaks ties so the victims do not depend on
+    // the table's hash order.
+    ages.sort_unstable_by(|a, b| (a.0, a.2).cmp(&(b.0, b.2)));
+    let mut over = state.cache_bytes - keep;
+    let mut victims = Vec::new();
+    for (_, bytes, k) in ages {
+        if over == 0 {
+            break;
+        }
+        over = over.saturating_sub(bytes);
+        victims.push(k.clone());
+    }
+    if !victims.is_empty() {
+        // A customer missing from the cache may be in the store now.
+        state.fresh = false;
+    }
     for customer in victims {
         if let Some(entry) = state.cache.remove(&customer) {
+            state.cache_bytes -= entry.bytes;
             if let Some(d) = entry.profile.as_ref().and_then(|p| deadline(p, config)) {
+                if state.scan_cursor.as_ref().is_some_and(|c| d < c.before) {
+                    // A due customer leaves memory: the index is read again.
+                    state.scan_cursor = None;
+                }
                 state.pending_timers.remove(&(d, customer));
             }
         }
     }
+}
+
+/// Estimated memory of a cached profile: the table slot, the key, the
+/// profile with its orders, revenue and channels, the recent event ids and
+/// transitions, and the pending timer that names it. An estimate (heap
+/// blocks round up), used only to bound the cache.
+fn entry_bytes(customer: &str, e: &Entry) -> usize {
+    use std::mem::size_of;
+    const MAP_NODE: usize = 64;
+    let mut n = size_of::<String>() + size_of::<Entry>() + 2 * customer.len() + MAP_NODE;
+    if let Some(p) = &e.profile {
+        n += size_of::<Profile>();
+        n += p
+            .orders
+            .iter()
+            .map(|o| {
+                size_of::<crate::model::OrderRecord>()
+                    + o.order_id.as_ref().map_or(0, String::len)
+                    + o.currency.len()
+            })
+            .sum::<usize>();
+        n += (p.net_revenue.len() + p.channels.len()) * MAP_NODE;
+        // The pending timer: deadline and a copy of the id.
+        n += MAP_NODE + customer.len();
+    }
+    n += e.seen.recent.capacity() * size_of::<u64>() + e.spill.capacity() * size_of::<u64>();
+    n += e
+        .transitions
+        .iter()
+        .map(|t| {
+            size_of::<RecentTransition>()
+                + t.to_stage.len()
+                + t.from_stage.as_ref().map_or(0, String::len)
+                + t.rule.len()
+                + t.triggering_event_id.as_ref().map_or(0, String::len)
+                + t.transition_id.len()
+        })
+        .sum::<usize>();
+    n
 }
 
 /// Appends a step's transitions to a customer's last ones, keeping at most

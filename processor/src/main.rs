@@ -158,8 +158,9 @@ enum Command {
         /// Milliseconds between two `--progress json` lines of a file replay.
         #[arg(long, default_value_t = 2_000, hide = true)]
         progress_interval_ms: u64,
-        /// Records per commit of a file replay.
-        #[arg(long, default_value_t = 10_000, hide = true)]
+        /// Records per commit of a file replay (it also commits when the
+        /// profiles in memory outgrow `processor.state_cache_bytes`).
+        #[arg(long, default_value_t = 1_000_000, hide = true)]
         commit_every: usize,
     },
     /// The embedded demo: synthetic customers through the real Kafka path

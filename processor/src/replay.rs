@@ -412,6 +412,9 @@ pub struct Checkpoint {
 
 const CHECKPOINT: &str = "replay.checkpoint";
 
+/// Transitions a file replay holds before writing them out.
+const WRITE_EVERY: usize = 4096;
+
 /// Test hook: `SIKLUS_FAULT_ABORT_AFTER_STEPS=N` aborts the process at the
 /// N-th commit, after the outputs were written and before the state was.
 fn fault_injection() {
@@ -467,10 +470,16 @@ pub fn commit_checkpoint(
 /// returned so that it lives as long as the engine) and the checkpoint of an
 /// earlier run there. A replay that already finished is not run again over
 /// its own outputs.
+///
+/// `bulk` opens the store as a bulk load ([`siklus_state::StoreOptions::bulk_load`]):
+/// for a replay whose outputs are files, cut back to the checkpoint of the
+/// state when it resumes, so a crash that loses the latest batches loses
+/// only work.
 pub fn open_replay(
     cfg: &Config,
     state_dir: Option<&Path>,
     watermark: WatermarkPolicy,
+    bulk: bool,
 ) -> anyhow::Result<(Engine, Option<Checkpoint>, Option<tempfile::TempDir>)> {
     let (dir, tmp): (PathBuf, _) = match state_dir {
         Some(d) => (d.to_path_buf(), None),
@@ -480,7 +489,11 @@ pub fn open_replay(
         }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let store = Arc::new(Store::open(&dir, &cfg.store_options())?);
+    let options = siklus_state::StoreOptions {
+        bulk_load: bulk,
+        ..cfg.store_options()
+    };
+    let store = Arc::new(Store::open(&dir, &options)?);
     let engine = Engine::new(store, cfg.engine(watermark == WatermarkPolicy::Live));
     let ckpt = load_checkpoint(&engine)?;
     if ckpt.as_ref().is_some_and(|c| c.finished) {
@@ -504,7 +517,8 @@ pub fn replay_file_with_progress(
     progress: ProgressOptions,
 ) -> anyhow::Result<ReplaySummary> {
     let started = Instant::now();
-    let (mut engine, ckpt, _tmp) = open_replay(cfg, opts.state_dir.as_deref(), opts.watermark)?;
+    let (mut engine, ckpt, _tmp) =
+        open_replay(cfg, opts.state_dir.as_deref(), opts.watermark, true)?;
     engine.assign(0)?;
     engine.set_wall_clock(Some(crate::wall_clock_ms()));
     let mut files = FileOutputs::open(&opts.output_dir, ckpt.as_ref().and_then(|c| c.files))?;
@@ -537,7 +551,12 @@ pub fn replay_file_with_progress(
             aggs.clear();
             cells.clear();
         }
-        if records % opts.commit_every.max(1) as u64 == 0 {
+        if out.transitions.len() >= WRITE_EVERY {
+            // Written as they come: a resumed replay cuts the files back to
+            // the lengths of its checkpoint.
+            files.write_step(&mut out)?;
+        }
+        if records % opts.commit_every.max(1) as u64 == 0 || engine.cache_full() {
             files.write_step(&mut out)?;
             commit_checkpoint(&mut engine, Some(&mut files), &merger, false)?;
             if last_report.elapsed() > Duration::from_secs(5) {
@@ -572,6 +591,8 @@ pub fn replay_file_with_progress(
     files.write_aggregates(&aggs, &cells)?;
     files.write_step(&mut out)?;
     commit_checkpoint(&mut engine, Some(&mut files), &merger, true)?;
+    // The store wrote no log: its memtables go to disk now.
+    engine.store().flush()?;
     reporter.finish(read, bytes());
     let mut summary = files.summary.clone();
     summary.records = records;

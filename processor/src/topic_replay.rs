@@ -454,7 +454,7 @@ pub fn replay_topic(cfg: &Config, opts: &TopicReplay) -> anyhow::Result<ReplaySu
     };
 
     let (mut engine, ckpt, _tmp) =
-        crate::replay::open_replay(cfg, opts.state_dir.as_deref(), opts.watermark)?;
+        crate::replay::open_replay(cfg, opts.state_dir.as_deref(), opts.watermark, false)?;
     let mut decoder = crate::kafka::input_decoder(cfg)?;
 
     // Where each partition starts: its stored offset when resuming.

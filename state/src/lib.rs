@@ -40,7 +40,18 @@ pub struct StoreOptions {
     pub max_write_buffers: i32,
     /// fsync the write-ahead log on every [`Store::write`] (default false).
     pub sync_writes: bool,
+    /// Tune the store as a bulk load, for bounded replays (default false):
+    /// no write-ahead log, memtables of at least [`BULK_WRITE_BUFFER_BYTES`],
+    /// and more background threads. A batch is still applied whole or not
+    /// at all, but a crash loses the batches written since the last
+    /// memtable flush: the store then holds an earlier, consistent state
+    /// (a replay resumes from the checkpoint in it). [`Store::flush`]
+    /// before closing keeps everything.
+    pub bulk_load: bool,
 }
+
+/// Smallest memtable of a bulk-loading store (128 MiB).
+pub const BULK_WRITE_BUFFER_BYTES: usize = 128 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -49,6 +60,7 @@ impl Default for StoreOptions {
             write_buffer_bytes: 32 << 20,
             max_write_buffers: 2,
             sync_writes: false,
+            bulk_load: false,
         }
     }
 }
@@ -144,6 +156,13 @@ fn db_options(opts: &StoreOptions) -> (Options, Cache) {
     db_opts.set_write_buffer_size(opts.write_buffer_bytes);
     db_opts.set_max_write_buffer_number(opts.max_write_buffers);
     db_opts.set_level_compaction_dynamic_level_bytes(true);
+    if opts.bulk_load {
+        // Few, large flushes; compactions run on threads of their own (the
+        // processing thread only fills memtables).
+        db_opts.set_write_buffer_size(opts.write_buffer_bytes.max(BULK_WRITE_BUFFER_BYTES));
+        db_opts.set_max_write_buffer_number(opts.max_write_buffers.max(3));
+        db_opts.set_max_background_jobs(4);
+    }
 
     (db_opts, cache)
 }
@@ -158,7 +177,8 @@ impl Store {
         db_opts.create_if_missing(true);
         let db = DB::open(&db_opts, dir)?;
         let mut write_opts = WriteOptions::default();
-        write_opts.set_sync(opts.sync_writes);
+        write_opts.set_sync(opts.sync_writes && !opts.bulk_load);
+        write_opts.disable_wal(opts.bulk_load);
         let store = Store {
             db,
             write_opts,
@@ -366,6 +386,31 @@ impl Store {
         Ok(out)
     }
 
+    /// Visits the timers of `partition` from the key `(from, customer)`
+    /// (inclusive) up to deadline `before` (exclusive), ascending by
+    /// `(deadline, customer)`, until `f` returns `false`.
+    pub fn scan_timers(
+        &self,
+        partition: u32,
+        from: (i64, &str),
+        before: i64,
+        mut f: impl FnMut(i64, &str) -> bool,
+    ) -> Result<(), StateError> {
+        if from.0 >= before {
+            return Ok(());
+        }
+        let lower = keys::timer(partition, from.0, from.1);
+        let upper = keys::timer_deadline_prefix(partition, before);
+        self.scan(&lower, upper, None, |k, _| match keys::decode(k)? {
+            Key::Timer {
+                deadline, customer, ..
+            } => Ok(f(deadline, &customer)),
+            other => Err(StateError::Corrupt(format!(
+                "non-timer key {other:?} in the timer range"
+            ))),
+        })
+    }
+
     /// The earliest timer with a deadline at or after `from`, if any.
     pub fn first_timer_from(&self, partition: u32, from: i64) -> Result<Option<i64>, StateError> {
         Ok(self
@@ -439,6 +484,16 @@ impl Store {
             let customer = keys::customer_suffix(k, skip)?;
             Ok(f(&customer, v))
         })
+    }
+
+    /// Whether the store holds any profile of a partition.
+    pub fn has_profiles(&self, partition: u32) -> Result<bool, StateError> {
+        let mut any = false;
+        self.for_each_profile(partition, |_, _| {
+            any = true;
+            false
+        })?;
+        Ok(any)
     }
 
     /// All profiles of `partition`, ordered by customer id.

@@ -157,7 +157,7 @@ fn workload() -> Vec<InteractionEvent> {
 #[test]
 fn a_restore_from_the_changelog_equals_the_store_that_wrote_it() {
     let config = EngineConfig {
-        profile_cache: 3,
+        cache_bytes: 3000,
         ..Default::default()
     };
     let events = workload();

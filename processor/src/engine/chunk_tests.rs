@@ -27,6 +27,18 @@ fn events() -> Vec<InteractionEvent> {
             t + 1_000,
         ));
     }
+    // The first customers are seen again, by events that are not activity:
+    // the profiles used last (the ones a small hot table keeps) are then
+    // those with the earliest deadlines, due before the ones in the store.
+    let seen_again = t0 + CUSTOMERS as i64 * 60_000;
+    for c in 0..5 {
+        v.push(ev(
+            format!("i{c}"),
+            format!("c{c}"),
+            "ad.impression",
+            seen_again + c as i64,
+        ));
+    }
     // 200 days later, confirmed an hour on: every customer's at_risk and
     // churned deadlines fall due at once.
     let later = t0 + 200 * DAY_MS;
@@ -49,11 +61,17 @@ fn events() -> Vec<InteractionEvent> {
 /// A live-policy engine over a new store in `dir` (partition 0 not yet
 /// assigned).
 fn live_engine(dir: &std::path::Path) -> Engine {
+    live_engine_with_cache(dir, DEFAULT_CACHE_BYTES)
+}
+
+/// [`live_engine`] with a hot table of `cache` bytes.
+fn live_engine_with_cache(dir: &std::path::Path, cache: usize) -> Engine {
     let store = Arc::new(Store::open(dir, &Default::default()).expect("store"));
     Engine::new(
         store,
         EngineConfig {
             live_watermark: true,
+            cache_bytes: cache,
             ..Default::default()
         },
     )
@@ -63,10 +81,28 @@ fn live_engine(dir: &std::path::Path) -> Engine {
 /// and while timers are due, a chunk and a commit. Returns the outputs, and
 /// the most transitions one call produced.
 fn run(chunk: usize) -> (Vec<String>, Vec<String>, usize) {
+    let (mut t, mut p, most) = run_with(chunk, DEFAULT_CACHE_BYTES, None);
+    t.sort();
+    p.sort();
+    (t, p, most)
+}
+
+/// [`run`] with a hot table of `cache` bytes, and the engine opened again
+/// (from its store alone) before the record at `restart_at`; the outputs in
+/// the order they came.
+fn run_with(
+    chunk: usize,
+    cache: usize,
+    restart_at: Option<usize>,
+) -> (Vec<String>, Vec<String>, usize) {
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = live_engine(dir.path());
-    engine.set_timer_chunk(chunk);
-    engine.assign(0).expect("assign");
+    let open = |dir: &std::path::Path| {
+        let mut engine = live_engine_with_cache(dir, cache);
+        engine.set_timer_chunk(chunk);
+        engine.assign(0).expect("assign");
+        engine
+    };
+    let mut engine = open(dir.path());
     let mut transitions = Vec::new();
     let mut partials = Vec::new();
     let mut most = 0;
@@ -80,6 +116,10 @@ fn run(chunk: usize) -> (Vec<String>, Vec<String>, usize) {
         partials.extend(out.partials.drain(..).map(|p| format!("{p:?}")));
     };
     for (i, e) in events().into_iter().enumerate() {
+        if restart_at == Some(i) {
+            drop(engine);
+            engine = open(dir.path());
+        }
         let mut out = Outputs::default();
         engine
             .process(0, i as i64, Ok(e), &mut out)
@@ -93,9 +133,28 @@ fn run(chunk: usize) -> (Vec<String>, Vec<String>, usize) {
             engine.commit().expect("commit");
         }
     }
-    transitions.sort();
-    partials.sort();
     (transitions, partials, most)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// However small the chunks and the hot table, and whether the profiles
+    /// due are in memory or only in the store (an engine opened again just
+    /// before the jump), the timers fire the same transitions in the same
+    /// order as all at once with every profile in memory.
+    #[test]
+    fn chunks_and_cache_bounds_fire_the_same_transitions_in_order(
+        chunk in 1usize..40,
+        cache in 0usize..20_000,
+        restart in proptest::prelude::any::<bool>(),
+    ) {
+        let (want, _, _) = run_with(usize::MAX, usize::MAX, None);
+        let restart_at = restart.then(|| events().len() - 2);
+        let (got, _, _) = run_with(chunk, cache, restart_at);
+        proptest::prop_assert_eq!(got.len(), want.len());
+        proptest::prop_assert!(got == want, "the transitions differ");
+    }
 }
 
 #[test]
