@@ -213,7 +213,7 @@ pub fn render(r: &DemoReport) -> String {
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
     for t in &r.transitions {
         *counts
-            .entry((t.dimension.as_str().to_string(), t.to_stage.clone()))
+            .entry((t.dimension.as_str().to_string(), t.to_stage.to_string()))
             .or_default() += 1;
     }
     let _ = writeln!(s, "Transitions by stage ({} in all):", r.transitions.len());
@@ -245,7 +245,7 @@ pub fn render(r: &DemoReport) -> String {
         by_customer.iter().map(|(k, v)| (*k, v)).collect();
     ranked.sort_by_key(|(c, v)| {
         let distinct: std::collections::BTreeSet<&str> =
-            v.iter().map(|t| t.to_stage.as_str()).collect();
+            v.iter().map(|t| t.to_stage.as_ref()).collect();
         (
             std::cmp::Reverse(distinct.len()),
             std::cmp::Reverse(v.len()),

@@ -27,7 +27,7 @@ use crate::aggregate::{Partial, PartitionAggregator};
 use crate::changelog::{self, ChangeRecord};
 use crate::codec::DecodeError;
 use crate::fold::{self, FoldOutput};
-use crate::model::{Dimension, EventType, InteractionEvent, Profile, StageTransition};
+use crate::model::{Dimension, EventType, InteractionEvent, Name, Profile, StageTransition};
 use crate::rules::Rules;
 
 /// Version byte of profile values that carry no event ids (older stores):
@@ -66,15 +66,18 @@ pub struct RecentTransition {
     /// milestone or activity.
     pub dimension: Dimension,
     /// Stage before; `None` on first entry.
-    pub from_stage: Option<String>,
+    #[serde(deserialize_with = "crate::model::de_opt_name")]
+    pub from_stage: Option<Name>,
     /// Stage after.
-    pub to_stage: String,
+    #[serde(deserialize_with = "crate::model::de_name")]
+    pub to_stage: Name,
     /// Event time of the change (epoch ms).
     pub occurred_at: i64,
     /// The event that caused it; `None` for a timer.
     pub triggering_event_id: Option<String>,
     /// Name of the rule that fired.
-    pub rule: String,
+    #[serde(deserialize_with = "crate::model::de_name")]
+    pub rule: Name,
     /// Per-customer transition sequence number.
     pub seq: u64,
 }
@@ -82,7 +85,9 @@ pub struct RecentTransition {
 impl From<&StageTransition> for RecentTransition {
     fn from(t: &StageTransition) -> Self {
         RecentTransition {
-            transition_id: t.transition_id.clone(),
+            // A function of the customer and `seq`, not kept in memory
+            // (see [`StoredProfile::fill_transition_ids`]).
+            transition_id: String::new(),
             dimension: t.dimension,
             from_stage: t.from_stage.clone(),
             to_stage: t.to_stage.clone(),
@@ -329,6 +334,10 @@ struct PartitionState {
     /// Deadlines of the profiles in `cache` (the truth for those customers;
     /// the store's index may be stale for them until the commit).
     pending_timers: BTreeSet<(i64, String)>,
+    /// `pending_timers` is out of date and is rebuilt from the cache before
+    /// timers fire. A bounded replay fires timers only when it is told to
+    /// (at its end), so it does not keep the set up to date event by event.
+    pending_stale: bool,
     /// No deadline in the store index is earlier than this.
     store_timer_floor: Option<i64>,
     /// A watermark advance whose timers are not all fired yet (more than
@@ -529,6 +538,7 @@ impl Engine {
                 dirty: Vec::new(),
                 offset_dirty: false,
                 pending_timers: BTreeSet::new(),
+                pending_stale: false,
                 store_timer_floor: floor,
                 timers_due: None,
                 scan_cursor: None,
@@ -788,12 +798,17 @@ impl Engine {
             entry.seen.spilled = true;
         }
         entry.seen.recent.push(hash);
-        if before != after {
-            if let Some(d) = before {
-                state.pending_timers.remove(&(d, customer.to_string()));
-            }
-            if let Some(d) = after {
-                state.pending_timers.insert((d, customer.to_string()));
+        if before != after && !state.pending_stale {
+            if !config.live_watermark {
+                // Nothing fires before the driver advances the watermark.
+                state.pending_stale = true;
+            } else {
+                if let Some(d) = before {
+                    state.pending_timers.remove(&(d, customer.to_string()));
+                }
+                if let Some(d) = after {
+                    state.pending_timers.insert((d, customer.to_string()));
+                }
             }
         }
         state.aggregator.record_event(event.occurred_at);
@@ -862,7 +877,7 @@ impl Engine {
             None => (None, SeenIds::default(), Vec::new()),
         };
         let stored_deadline = profile.as_ref().and_then(|p| deadline(p, &self.config));
-        if let Some(d) = stored_deadline {
+        if let Some(d) = stored_deadline.filter(|_| !state.pending_stale) {
             state.pending_timers.insert((d, customer.to_string()));
         }
         let mut entry = Entry {
@@ -921,7 +936,9 @@ impl Engine {
                 state.dirty.push(customer.to_string());
             }
             if let Some(d) = entry.profile.as_ref().and_then(|p| deadline(p, &config)) {
-                state.pending_timers.remove(&(d, customer.to_string()));
+                if !state.pending_stale {
+                    state.pending_timers.remove(&(d, customer.to_string()));
+                }
             }
             entry.profile = None;
             entry.changed = true;
@@ -1057,7 +1074,22 @@ impl Engine {
         // More due in memory than this call fires.
         let pending_more;
         {
-            let state = self.state_mut(partition)?;
+            let config = &self.config;
+            let state = self
+                .partitions
+                .get_mut(&partition)
+                .ok_or(EngineError::NotAssigned(partition))?;
+            if state.pending_stale {
+                state.pending_timers = state
+                    .cache
+                    .iter()
+                    .filter_map(|(c, e)| {
+                        let d = deadline(e.profile.as_ref()?, config)?;
+                        Some((d, c.clone()))
+                    })
+                    .collect();
+                state.pending_stale = false;
+            }
             due.extend(
                 state
                     .pending_timers
@@ -1477,9 +1509,19 @@ fn evict(state: &mut PartitionState, keep: usize, config: &EngineConfig) {
                     // A due customer leaves memory: the index is read again.
                     state.scan_cursor = None;
                 }
-                state.pending_timers.remove(&(d, customer));
+                if !state.pending_stale {
+                    state.pending_timers.remove(&(d, customer));
+                }
             }
         }
+    }
+}
+
+/// Heap bytes of a name (none when it is borrowed from a static list).
+fn owned_len(n: &Name) -> usize {
+    match n {
+        std::borrow::Cow::Borrowed(_) => 0,
+        std::borrow::Cow::Owned(s) => s.len(),
     }
 }
 
@@ -1512,9 +1554,9 @@ fn entry_bytes(customer: &str, e: &Entry) -> usize {
         .iter()
         .map(|t| {
             size_of::<RecentTransition>()
-                + t.to_stage.len()
-                + t.from_stage.as_ref().map_or(0, String::len)
-                + t.rule.len()
+                + owned_len(&t.to_stage)
+                + t.from_stage.as_ref().map_or(0, owned_len)
+                + owned_len(&t.rule)
                 + t.triggering_event_id.as_ref().map_or(0, String::len)
                 + t.transition_id.len()
         })

@@ -2,6 +2,8 @@
 //! `(profile, time) -> (profile', transitions)` for the inactivity timers.
 //! No I/O, no wall clock: the same input always gives the same output.
 
+use std::borrow::Cow;
+
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::model::{
@@ -287,22 +289,22 @@ fn emit(
     p: &mut Profile,
     out: &mut FoldOutput,
     dimension: Dimension,
-    from: Option<&str>,
-    to: &str,
+    from: Option<&'static str>,
+    to: &'static str,
     at: i64,
     event_id: Option<&str>,
-    rule: &str,
+    rule: &'static str,
 ) {
     p.transitions += 1;
     out.transitions.push(StageTransition {
         transition_id: transition_id(&p.customer_id, p.transitions),
         customer_id: p.customer_id.clone(),
         dimension,
-        from_stage: from.map(str::to_string),
-        to_stage: to.to_string(),
+        from_stage: from.map(Cow::Borrowed),
+        to_stage: Cow::Borrowed(to),
         occurred_at: at,
         triggering_event_id: event_id.map(str::to_string),
-        rule: rule.to_string(),
+        rule: Cow::Borrowed(rule),
         seq: p.transitions,
         profile: p.snapshot(),
     });

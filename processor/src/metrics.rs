@@ -137,7 +137,7 @@ pub struct Metrics {
     /// Engine counters per partition (the latest copy).
     engine: Mutex<BTreeMap<u32, Counters>>,
     /// Delivered transitions by (dimension, to_stage).
-    by_stage: Mutex<BTreeMap<(String, String), u64>>,
+    by_stage: Mutex<BTreeMap<(&'static str, crate::model::Name), u64>>,
     /// The latest windows closed by the merge stage of this instance.
     latest: Mutex<LatestWindows>,
 }
@@ -229,8 +229,13 @@ impl Metrics {
             .fetch_add(transitions.len() as u64, Ordering::Relaxed);
         let mut m = lock(&self.by_stage);
         for t in transitions {
-            let k = (t.dimension.as_str().to_string(), t.to_stage.clone());
-            *m.entry(k).or_default() += 1;
+            // Found without building a key: stage names are borrowed.
+            match m.get_mut(&(t.dimension.as_str(), t.to_stage.clone())) {
+                Some(n) => *n += 1,
+                None => {
+                    m.insert((t.dimension.as_str(), t.to_stage.clone()), 1);
+                }
+            }
         }
     }
 
@@ -413,7 +418,7 @@ impl Metrics {
         );
         for ((d, s), n) in lock(&self.by_stage).iter() {
             by_stage.samples.push((
-                vec![("dimension", d.clone()), ("to_stage", s.clone())],
+                vec![("dimension", d.to_string()), ("to_stage", s.to_string())],
                 *n as f64,
             ));
         }

@@ -4,6 +4,7 @@
 //! Every collection here is ordered (`BTreeMap`) so that encodings are
 //! byte-for-byte deterministic.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -208,6 +209,47 @@ pub const STAGE_NAMES: [&str; 9] = [
     "churned",
 ];
 
+/// A name from a closed set (a stage, a rule): borrowed from the static
+/// list when the fold made it, owned only when decoded from an unknown
+/// spelling. Encoded as the plain string.
+pub type Name = Cow<'static, str>;
+
+/// Every rule name the fold gives a transition.
+pub const RULE_NAMES: [&str; 12] = [
+    "first_touch",
+    "acquisition",
+    "first_order",
+    "second_order",
+    "loyal_orders",
+    "referral_converted",
+    "promoter_referrer",
+    "order_reverted",
+    "first_activity",
+    "reactivated",
+    "inactivity_at_risk",
+    "inactivity_churned",
+];
+
+/// A decoded stage or rule name, borrowed from the static lists when it is
+/// one of them (no allocation kept per transition).
+pub fn intern(s: String) -> Name {
+    STAGE_NAMES
+        .iter()
+        .chain(RULE_NAMES.iter())
+        .find(|n| **n == s)
+        .map_or(Cow::Owned(s), |n| Cow::Borrowed(*n))
+}
+
+/// Serde `deserialize_with` of a [`Name`]: interned.
+pub fn de_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+    String::deserialize(d).map(intern)
+}
+
+/// Serde `deserialize_with` of an optional [`Name`]: interned.
+pub fn de_opt_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Name>, D::Error> {
+    Option::<String>::deserialize(d).map(|o| o.map(intern))
+}
+
 /// The canonical spelling of a stage name, or `None` when no dimension has it.
 pub fn stage_from_name(name: &str) -> Option<&'static str> {
     STAGE_NAMES.iter().copied().find(|s| *s == name)
@@ -329,8 +371,8 @@ impl Profile {
     /// A snapshot of the facts, for transitions.
     pub fn snapshot(&self) -> ProfileSnapshot {
         ProfileSnapshot {
-            milestone: self.milestone.map(|m| m.as_str().to_string()),
-            activity: self.activity.map(|a| a.as_str().to_string()),
+            milestone: self.milestone.map(|m| Cow::Borrowed(m.as_str())),
+            activity: self.activity.map(|a| Cow::Borrowed(a.as_str())),
             first_seen_at: self.first_seen_at,
             first_order_at: self.first_order_at,
             last_activity_at: self.last_activity_at,
@@ -361,9 +403,11 @@ impl Profile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ProfileSnapshot {
     /// Milestone after the transition.
-    pub milestone: Option<String>,
+    #[serde(deserialize_with = "de_opt_name")]
+    pub milestone: Option<Name>,
     /// Activity status after the transition.
-    pub activity: Option<String>,
+    #[serde(deserialize_with = "de_opt_name")]
+    pub activity: Option<Name>,
     /// First event time.
     #[serde(with = "crate::time::rfc3339_opt")]
     pub first_seen_at: Option<i64>,
@@ -417,16 +461,19 @@ pub struct StageTransition {
     /// milestone or activity.
     pub dimension: Dimension,
     /// Stage before; `None` on first entry.
-    pub from_stage: Option<String>,
+    #[serde(deserialize_with = "de_opt_name")]
+    pub from_stage: Option<Name>,
     /// Stage after.
-    pub to_stage: String,
+    #[serde(deserialize_with = "de_name")]
+    pub to_stage: Name,
     /// Event time of the change; for a timer, its deadline.
     #[serde(with = "crate::time::rfc3339")]
     pub occurred_at: i64,
     /// The event that caused it; `None` for a timer.
     pub triggering_event_id: Option<String>,
     /// Name of the rule that fired.
-    pub rule: String,
+    #[serde(deserialize_with = "de_name")]
+    pub rule: Name,
     /// Per-customer transition sequence number, from 1.
     pub seq: u64,
     /// The profile facts after the change.

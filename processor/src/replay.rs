@@ -79,6 +79,8 @@ pub struct FileOutputs {
     aggregates: BufWriter<File>,
     cohorts: BufWriter<File>,
     dlq: BufWriter<File>,
+    /// The line being written (one buffer for every line).
+    line: Vec<u8>,
     /// Counts written.
     pub summary: ReplaySummary,
 }
@@ -118,6 +120,7 @@ impl FileOutputs {
             aggregates: f("aggregates.jsonl")?,
             cohorts: f("cohorts.jsonl")?,
             dlq: f("dlq.jsonl")?,
+            line: Vec::with_capacity(1024),
             summary: ReplaySummary::default(),
         })
     }
@@ -125,8 +128,10 @@ impl FileOutputs {
     /// Writes a step's transitions and dead letters (each with its own input).
     pub fn write_step(&mut self, out: &mut Outputs) -> anyhow::Result<()> {
         for t in &out.transitions {
-            self.transitions.write_all(&codec::transition_json(t))?;
-            self.transitions.write_all(b"\n")?;
+            self.line.clear();
+            codec::write_transition_json(t, &mut self.line);
+            self.line.push(b'\n');
+            self.transitions.write_all(&self.line)?;
         }
         self.summary.transitions += out.transitions.len() as u64;
         for dl in &out.dead_letters {

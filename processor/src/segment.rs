@@ -57,11 +57,11 @@ pub struct AudienceProperties {
     pub dimension: &'static str,
     /// The stage before the transition (absent on first entry).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub from_stage: Option<String>,
+    pub from_stage: Option<crate::model::Name>,
     /// The stage after the transition.
-    pub to_stage: String,
+    pub to_stage: crate::model::Name,
     /// The rule that fired.
-    pub rule: String,
+    pub rule: crate::model::Name,
     /// The transition this event tells.
     pub transition_id: String,
     /// The event that caused it (absent for a timer).
@@ -135,8 +135,8 @@ mod tests {
             transition_id: "alice:3".into(),
             customer_id: "alice".into(),
             dimension: Dimension::Milestone,
-            from_stage: from.map(str::to_string),
-            to_stage: to.into(),
+            from_stage: from.map(|s| s.to_string().into()),
+            to_stage: to.to_string().into(),
             occurred_at: crate::time::parse_rfc3339("2024-01-03T09:00:00Z").unwrap(),
             triggering_event_id: trigger.map(str::to_string),
             rule: "first_order".into(),

@@ -99,8 +99,8 @@ fn events_become_transitions_and_poison_goes_to_the_dlq() {
     for t in &sorted {
         by.entry(t.customer_id.clone()).or_default().push((
             t.dimension.as_str().to_string(),
-            t.to_stage.clone(),
-            t.rule.clone(),
+            t.to_stage.to_string(),
+            t.rule.to_string(),
         ));
     }
     let s = |d: &str, to: &str, r: &str| (d.to_string(), to.to_string(), r.to_string());

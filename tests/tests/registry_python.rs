@@ -149,13 +149,13 @@ fn registry_python_deserializer_reads_what_siklus_writes() {
         assert_eq!(v["customer_id"], t.customer_id.as_str());
         assert_eq!(v["dimension"], t.dimension.as_str());
         assert_eq!(v["from_stage"].as_str(), t.from_stage.as_deref());
-        assert_eq!(v["to_stage"], t.to_stage.as_str());
+        assert_eq!(v["to_stage"], t.to_stage.as_ref());
         assert_eq!(v["occurred_at"], t.occurred_at);
         assert_eq!(
             v["triggering_event_id"].as_str(),
             t.triggering_event_id.as_deref()
         );
-        assert_eq!(v["rule"], t.rule.as_str());
+        assert_eq!(v["rule"], t.rule.as_ref());
         assert_eq!(v["seq"], t.seq);
         assert_eq!(v["profile"]["order_count"], 1);
         assert_eq!(v["profile"]["net_revenue"]["IDR"], 150_000);

@@ -117,7 +117,7 @@ impl PartitionAggregator {
             return;
         }
         let from = tr.from_stage.as_deref();
-        let to = tr.to_stage.as_str();
+        let to = tr.to_stage.as_ref();
         let delta = i64::from(live(Some(to))) - i64::from(live(from));
         let reactivated = to == "active" && matches!(from, Some("at_risk") | Some("churned"));
         for g in Granularity::ALL {

@@ -15,7 +15,7 @@ use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 
-use crate::model::{Dimension, InteractionEvent, ProfileSnapshot, StageTransition};
+use crate::model::{intern, Dimension, InteractionEvent, ProfileSnapshot, StageTransition};
 
 use super::{validate, wire, CodecError, DecodeError};
 
@@ -437,8 +437,8 @@ fn snapshot_from_value(v: Value) -> Result<ProfileSnapshot, DecodeError> {
     let mut p = ProfileSnapshot::default();
     for (name, v) in record_fields(v)? {
         match name.as_str() {
-            "milestone" => p.milestone = opt_string("milestone", v)?,
-            "activity" => p.activity = opt_string("activity", v)?,
+            "milestone" => p.milestone = opt_string("milestone", v)?.map(intern),
+            "activity" => p.activity = opt_string("activity", v)?.map(intern),
             "first_seen_at" => p.first_seen_at = opt_long("first_seen_at", v)?,
             "first_order_at" => p.first_order_at = opt_long("first_order_at", v)?,
             "last_activity_at" => p.last_activity_at = opt_long("last_activity_at", v)?,
@@ -517,11 +517,11 @@ pub fn transition_from_value(v: Value) -> Result<StageTransition, DecodeError> {
         transition_id: required("transition_id", id)?,
         customer_id: required("customer_id", customer)?,
         dimension: required("dimension", dim)?,
-        from_stage,
-        to_stage: required("to_stage", to)?,
+        from_stage: from_stage.map(intern),
+        to_stage: intern(required("to_stage", to)?),
         occurred_at: required("occurred_at", at)?,
         triggering_event_id: trigger,
-        rule: required("rule", rule)?,
+        rule: intern(required("rule", rule)?),
         seq: required("seq", seq)?,
         profile: required("profile", profile)?,
     })

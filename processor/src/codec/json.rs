@@ -217,7 +217,15 @@ fn to_vec_infallible<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// [`StageTransition`], which a proptest checks): serde's generic path was
 /// a tenth of the CPU of a live run.
 pub fn transition_json(t: &StageTransition) -> Vec<u8> {
-    let mut w = JsonOut(Vec::with_capacity(768));
+    let mut buf = Vec::with_capacity(768);
+    write_transition_json(t, &mut buf);
+    buf
+}
+
+/// [`transition_json`], appended to `buf` (a writer reuses one buffer for
+/// every transition).
+pub fn write_transition_json(t: &StageTransition, buf: &mut Vec<u8>) {
+    let mut w = JsonOut(std::mem::take(buf));
     let p = &t.profile;
     w.raw("{\"transition_id\":");
     w.str(&t.transition_id);
@@ -281,7 +289,7 @@ pub fn transition_json(t: &StageTransition) -> Vec<u8> {
     w.raw(",\"events\":");
     w.int(p.events);
     w.raw("}}");
-    w.0
+    *buf = w.0;
 }
 
 /// A small JSON writer for [`transition_json`].
@@ -324,7 +332,12 @@ impl JsonOut {
             Some(ms) => {
                 let mut buf = [0u8; 24];
                 match crate::time::write_rfc3339(ms, &mut buf) {
-                    Some(text) => self.str(text),
+                    // Digits and separators only: nothing to escape.
+                    Some(text) => {
+                        self.0.push(b'"');
+                        self.0.extend_from_slice(text.as_bytes());
+                        self.0.push(b'"');
+                    }
                     None => self.str(&crate::time::format_rfc3339(ms)),
                 }
             }

@@ -26,7 +26,7 @@ pub use avro::{
     event_to_value, interaction_event_schema, read_avro_container, stage_transition_schema,
     transition_from_value, write_avro_container, INTERACTION_EVENT_AVSC, STAGE_TRANSITION_AVSC,
 };
-pub use json::{decode_json_line, encode_event_json, transition_json};
+pub use json::{decode_json_line, encode_event_json, transition_json, write_transition_json};
 
 use avro::WriterSchema;
 use registry::{RegistryClient, RegistryError};

@@ -785,8 +785,8 @@ fn arb_transition() -> impl Strategy<Value = StageTransition> {
                 (ca, cs, nps, rs, rc, im, cl, cw, cm, ch, ev),
             )| {
                 ProfileSnapshot {
-                    milestone: m,
-                    activity: a,
+                    milestone: m.map(Into::into),
+                    activity: a.map(Into::into),
                     first_seen_at: fs,
                     first_order_at: fo,
                     last_activity_at: la,
@@ -829,11 +829,11 @@ fn arb_transition() -> impl Strategy<Value = StageTransition> {
                 } else {
                     Dimension::Activity
                 },
-                from_stage: from,
-                to_stage: to,
+                from_stage: from.map(Into::into),
+                to_stage: to.into(),
                 occurred_at: at,
                 triggering_event_id: trig,
-                rule,
+                rule: rule.into(),
                 seq,
                 profile,
             },

@@ -44,9 +44,9 @@ fn steps(ts: &[StageTransition]) -> Vec<(String, Option<String>, String, String)
         .map(|t| {
             (
                 t.dimension.as_str().to_string(),
-                t.from_stage.clone(),
-                t.to_stage.clone(),
-                t.rule.clone(),
+                t.from_stage.as_ref().map(|s| s.to_string()),
+                t.to_stage.to_string(),
+                t.rule.to_string(),
             )
         })
         .collect()
@@ -129,8 +129,8 @@ fn refund_of_only_order_reverts_to_acquired() {
     assert_eq!(
         (
             last.from_stage.as_deref(),
-            last.to_stage.as_str(),
-            last.rule.as_str()
+            last.to_stage.as_ref(),
+            last.rule.as_ref()
         ),
         (Some("converted"), "acquired", "order_reverted")
     );
@@ -362,9 +362,9 @@ proptest! {
                 .iter().position(|x| *x == s);
             if let Some(from) = &t.from_stage {
                 if rank(&t.to_stage) < rank(from) {
-                    prop_assert_eq!(t.rule.as_str(), "order_reverted");
-                    prop_assert_eq!(from.as_str(), "converted");
-                    prop_assert_eq!(t.to_stage.as_str(), "acquired");
+                    prop_assert_eq!(t.rule.as_ref(), "order_reverted");
+                    prop_assert_eq!(from.as_ref(), "converted");
+                    prop_assert_eq!(t.to_stage.as_ref(), "acquired");
                 }
             }
         }
@@ -373,7 +373,7 @@ proptest! {
     #[test]
     fn activity_transitions_chain_and_seqs_are_dense(events in arb_events()) {
         let (_, ts) = run(&events, Some(at("2026-01-01T00:00:00Z")));
-        let mut cur: Option<String> = None;
+        let mut cur: Option<crate::model::Name> = None;
         for t in ts.iter().filter(|t| t.dimension == Dimension::Activity) {
             prop_assert_eq!(&t.from_stage, &cur);
             prop_assert_ne!(Some(&t.to_stage), cur.as_ref());

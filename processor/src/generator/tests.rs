@@ -187,8 +187,8 @@ fn every_stage_and_transition_occurs() {
     let mut fired: BTreeMap<String, u64> = BTreeMap::new();
     let mut record = |out: &FoldOutput| {
         for t in &out.transitions {
-            *stages.entry(t.to_stage.clone()).or_default() += 1;
-            *fired.entry(t.rule.clone()).or_default() += 1;
+            *stages.entry(t.to_stage.to_string()).or_default() += 1;
+            *fired.entry(t.rule.to_string()).or_default() += 1;
         }
     };
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
