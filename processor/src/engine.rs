@@ -291,7 +291,7 @@ struct Entry {
     /// Hashes pushed out of `seen.recent` in this step, for the seen table.
     spill: Vec<u64>,
     /// Last transitions (travel with the profile value).
-    transitions: Vec<RecentTransition>,
+    transitions: Vec<Kept>,
     /// The deadline the store's timer index holds for this customer.
     stored_deadline: Option<i64>,
     /// Whether the store holds a profile for the customer.
@@ -819,7 +819,8 @@ impl Engine {
         c.events += 1;
         c.transitions += scratch.transitions.len() as u64;
         if let Some(entry) = state.cache.get_mut(customer) {
-            remember(&mut entry.transitions, &scratch.transitions);
+            remember(&mut entry.transitions, &scratch.transitions)
+                .map_err(|reason| EngineError::Corrupt { partition, reason })?;
         }
         out.transitions.append(&mut scratch.transitions);
         Ok(None)
@@ -872,7 +873,13 @@ impl Engine {
             Some(bytes) => {
                 let stored = decode_stored_profile(&bytes)
                     .map_err(|reason| EngineError::Corrupt { partition, reason })?;
-                (Some(stored.profile), stored.seen, stored.transitions)
+                let kept = stored
+                    .transitions
+                    .iter()
+                    .map(Kept::from_recent)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|reason| EngineError::Corrupt { partition, reason })?;
+                (Some(stored.profile), stored.seen, kept)
             }
             None => (None, SeenIds::default(), Vec::new()),
         };
@@ -1178,7 +1185,8 @@ impl Engine {
                 let c = self.counters.entry(partition).or_default();
                 c.timers_fired += 1;
                 c.transitions += scratch.transitions.len() as u64;
-                remember(&mut entry.transitions, &scratch.transitions);
+                remember(&mut entry.transitions, &scratch.transitions)
+                    .map_err(|reason| EngineError::Corrupt { partition, reason })?;
                 out.transitions.append(&mut scratch.transitions);
             }
             if let Some(at) = expires_at {
@@ -1372,7 +1380,7 @@ impl Engine {
                 if entry.changed {
                     match &entry.profile {
                         Some(p) => {
-                            let value = encode_stored_profile(p, &entry.seen, &entry.transitions);
+                            let value = encode_kept_profile(p, &entry.seen, &entry.transitions);
                             batch.put_profile(partition, &customer, &value);
                             record(changelog::profile_key(&customer), Some(value));
                         }
@@ -1517,14 +1525,6 @@ fn evict(state: &mut PartitionState, keep: usize, config: &EngineConfig) {
     }
 }
 
-/// Heap bytes of a name (none when it is borrowed from a static list).
-fn owned_len(n: &Name) -> usize {
-    match n {
-        std::borrow::Cow::Borrowed(_) => 0,
-        std::borrow::Cow::Owned(s) => s.len(),
-    }
-}
-
 /// Estimated memory of a cached profile: the table slot, the key, the
 /// profile with its orders, revenue and channels, the recent event ids and
 /// transitions, and the pending timer that names it. An estimate (heap
@@ -1549,30 +1549,23 @@ fn entry_bytes(customer: &str, e: &Entry) -> usize {
         n += MAP_NODE + customer.len();
     }
     n += e.seen.recent.capacity() * size_of::<u64>() + e.spill.capacity() * size_of::<u64>();
-    n += e
-        .transitions
-        .iter()
-        .map(|t| {
-            size_of::<RecentTransition>()
-                + owned_len(&t.to_stage)
-                + t.from_stage.as_ref().map_or(0, owned_len)
-                + owned_len(&t.rule)
-                + t.triggering_event_id.as_ref().map_or(0, String::len)
-                + t.transition_id.len()
-        })
-        .sum::<usize>();
+    n += e.transitions.capacity() * size_of::<Kept>();
+    n += e.transitions.iter().map(Kept::heap_bytes).sum::<usize>();
     n
 }
 
 /// Appends a step's transitions to a customer's last ones, keeping at most
 /// [`RECENT_TRANSITIONS`].
-fn remember(kept: &mut Vec<RecentTransition>, new: &[StageTransition]) {
+fn remember(kept: &mut Vec<Kept>, new: &[StageTransition]) -> Result<(), String> {
     if new.is_empty() {
-        return;
+        return Ok(());
     }
-    kept.extend(new.iter().map(RecentTransition::from));
+    for t in new {
+        kept.push(Kept::new(t)?);
+    }
     let excess = kept.len().saturating_sub(RECENT_TRANSITIONS);
     kept.drain(..excess);
+    Ok(())
 }
 
 /// Encodes a profile value with no recent event ids or transitions (tests
@@ -1594,6 +1587,18 @@ pub fn encode_stored_profile(
     let _ = postcard::to_io(p, &mut buf);
     let _ = postcard::to_io(seen, &mut buf);
     let _ = postcard::to_io(transitions, &mut buf);
+    buf
+}
+
+/// [`encode_stored_profile`] from the hot table's kept transitions (the
+/// same bytes).
+fn encode_kept_profile(p: &Profile, seen: &SeenIds, transitions: &[Kept]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256);
+    buf.push(PROFILE_VERSION);
+    // Serializing plain structs into a Vec cannot fail.
+    let _ = postcard::to_io(p, &mut buf);
+    let _ = postcard::to_io(seen, &mut buf);
+    let _ = postcard::to_io(&KeptList(transitions), &mut buf);
     buf
 }
 
@@ -1633,6 +1638,9 @@ pub fn decode_stored_profile(bytes: &[u8]) -> Result<StoredProfile, String> {
 }
 
 mod clock;
+mod kept;
+
+use kept::{Kept, KeptList};
 
 pub use clock::Clock;
 

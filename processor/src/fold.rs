@@ -100,7 +100,13 @@ pub fn apply_event(p: &mut Profile, e: &InteractionEvent, r: &Rules, out: &mut F
     p.first_seen_at = Some(p.first_seen_at.map_or(t, |f| f.min(t)));
     p.last_event_at = Some(p.last_event_at.map_or(t, |l| l.max(t)));
     if let Some(ch) = &e.channel {
-        *p.channels.entry(ch.clone()).or_insert(0) += 1;
+        // Found without copying the name (the common case).
+        match p.channels.get_mut(ch.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                p.channels.insert(ch.clone(), 1);
+            }
+        }
     }
 
     let mut milestone_rule: Option<&'static str> = None;
