@@ -236,7 +236,7 @@ pub struct Processor {
     pub write_buffer_bytes: usize,
     /// Bytes of profiles kept decoded in memory between commits, over all
     /// assigned partitions (estimated; the hot table in front of RocksDB;
-    /// default 256 MiB; 0 keeps only the profiles of the step in progress).
+    /// default 128 MiB; 0 keeps only the profiles of the step in progress).
     pub state_cache_bytes: usize,
     /// Replaced by `state_cache_bytes` (the cache is bounded in bytes, not
     /// in profiles): accepted, so older files still load, and ignored with a

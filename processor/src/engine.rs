@@ -45,8 +45,8 @@ pub const MAX_ID_BYTES: usize = 1024;
 /// Customers whose timers a bounded input's end fires per step: each step
 /// holds their profiles and transitions in memory until its commit.
 pub const TIMER_CHUNK: usize = 10_000;
-/// Default of [`EngineConfig::cache_bytes`] (256 MiB).
-pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+/// Default of [`EngineConfig::cache_bytes`] (128 MiB).
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
 /// Partition metadata: clock and aggregator.
 const META_CLOCK: &str = "clock";
 const META_AGG: &str = "aggregator";

@@ -160,7 +160,7 @@ enum Command {
         progress_interval_ms: u64,
         /// Records per commit of a file replay (it also commits when the
         /// profiles in memory outgrow `processor.state_cache_bytes`).
-        #[arg(long, default_value_t = 1_000_000, hide = true)]
+        #[arg(long, default_value_t = 200_000, hide = true)]
         commit_every: usize,
     },
     /// The embedded demo: synthetic customers through the real Kafka path

@@ -468,6 +468,11 @@ pub fn commit_checkpoint(
         &crate::persist::encode(&ckpt).map_err(|e| anyhow::anyhow!("replay checkpoint: {e}"))?,
     );
     engine.commit_with(b)?;
+    tracing::debug!(
+        profiles = engine.cached_profiles(),
+        bytes = engine.cached_bytes(),
+        "replay step committed"
+    );
     Ok(())
 }
 

@@ -50,8 +50,8 @@ pub struct StoreOptions {
     pub bulk_load: bool,
 }
 
-/// Smallest memtable of a bulk-loading store (128 MiB).
-pub const BULK_WRITE_BUFFER_BYTES: usize = 128 << 20;
+/// Smallest memtable of a bulk-loading store (64 MiB).
+pub const BULK_WRITE_BUFFER_BYTES: usize = 64 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -160,7 +160,6 @@ fn db_options(opts: &StoreOptions) -> (Options, Cache) {
         // Few, large flushes; compactions run on threads of their own (the
         // processing thread only fills memtables).
         db_opts.set_write_buffer_size(opts.write_buffer_bytes.max(BULK_WRITE_BUFFER_BYTES));
-        db_opts.set_max_write_buffer_number(opts.max_write_buffers.max(3));
         db_opts.set_max_background_jobs(4);
     }
 
