@@ -162,6 +162,10 @@ enum Command {
         /// profiles in memory outgrow `processor.state_cache_bytes`).
         #[arg(long, default_value_t = 200_000, hide = true)]
         commit_every: usize,
+        /// Load a file replay's state as a bulk load, without RocksDB's log
+        /// (`false`: every commit is durable when written, as in a live run).
+        #[arg(long, default_value_t = true, hide = true, action = clap::ArgAction::Set)]
+        bulk_load: bool,
     },
     /// The embedded demo: synthetic customers through the real Kafka path
     /// on an in-process broker.
@@ -436,6 +440,7 @@ fn execute(cli: Cli, telemetry: &Telemetry, scene: &mut Scene) -> anyhow::Result
             progress,
             progress_interval_ms,
             commit_every,
+            bulk_load,
         } => {
             let mut cfg = load()?;
             brokers.apply(&mut cfg);
@@ -494,6 +499,7 @@ fn execute(cli: Cli, telemetry: &Telemetry, scene: &mut Scene) -> anyhow::Result
                         watermark,
                         state_dir,
                         commit_every,
+                        bulk_load,
                     },
                     ProgressOptions {
                         mode: progress,

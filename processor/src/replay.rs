@@ -47,6 +47,8 @@ pub struct FileReplay {
     pub state_dir: Option<PathBuf>,
     /// Records per commit.
     pub commit_every: usize,
+    /// Open the store as a bulk load (see [`open_replay`]).
+    pub bulk_load: bool,
 }
 
 /// What a replay did.
@@ -527,8 +529,12 @@ pub fn replay_file_with_progress(
     progress: ProgressOptions,
 ) -> anyhow::Result<ReplaySummary> {
     let started = Instant::now();
-    let (mut engine, ckpt, _tmp) =
-        open_replay(cfg, opts.state_dir.as_deref(), opts.watermark, true)?;
+    let (mut engine, ckpt, _tmp) = open_replay(
+        cfg,
+        opts.state_dir.as_deref(),
+        opts.watermark,
+        opts.bulk_load,
+    )?;
     engine.assign(0)?;
     engine.set_wall_clock(Some(crate::wall_clock_ms()));
     let mut files = FileOutputs::open(&opts.output_dir, ckpt.as_ref().and_then(|c| c.files))?;

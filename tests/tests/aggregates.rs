@@ -138,6 +138,7 @@ fn two_instances_aggregate_like_one_instance_and_like_the_replay() {
             watermark: WatermarkPolicy::Live,
             state_dir: None,
             commit_every: 1000,
+            bulk_load: true,
         },
     )
     .unwrap();

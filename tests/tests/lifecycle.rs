@@ -173,6 +173,7 @@ fn events_become_transitions_and_poison_goes_to_the_dlq() {
             watermark: WatermarkPolicy::Live,
             state_dir: None,
             commit_every: 3,
+            bulk_load: true,
         },
     )
     .unwrap();
