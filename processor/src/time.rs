@@ -127,6 +127,12 @@ pub fn format_rfc3339(ms: i64) -> String {
 /// Formats `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` into `buf` without allocating;
 /// `None` outside years 0000..=9999 (use [`format_rfc3339`] there).
 pub fn write_rfc3339(ms: i64, buf: &mut [u8; 24]) -> Option<&str> {
+    std::str::from_utf8(write_rfc3339_bytes(ms, buf)?).ok()
+}
+
+/// [`write_rfc3339`] as bytes (ASCII digits and separators), for writers
+/// that need no `str`.
+pub fn write_rfc3339_bytes(ms: i64, buf: &mut [u8; 24]) -> Option<&[u8; 24]> {
     // Howard Hinnant's civil-from-days.
     let days = ms.div_euclid(DAY_MS);
     let in_day = ms.rem_euclid(DAY_MS);
@@ -162,7 +168,7 @@ pub fn write_rfc3339(ms: i64, buf: &mut [u8; 24]) -> Option<&str> {
     buf[19] = b'.';
     put(buf, 20, 3, in_day % 1000);
     buf[23] = b'Z';
-    std::str::from_utf8(buf).ok()
+    Some(buf)
 }
 
 /// Parses RFC 3339 (any offset) into epoch milliseconds.

@@ -292,6 +292,35 @@ pub fn write_transition_json(t: &StageTransition, buf: &mut Vec<u8>) {
     *buf = w.0;
 }
 
+/// Whether a string needs no escape in JSON as serde_json writes it: no
+/// control character, quote, backslash or DEL. Eight bytes at a time.
+fn plain(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `x` is zero (the classic bit trick: exact).
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        let x = u64::from_le_bytes(a);
+        // A byte below 0x20 with its high bit clear: (b | 0x80) - 0x20 keeps
+        // the high bit exactly when b >= 0x20 or b >= 0x80.
+        let low = !((x | HIGHS).wrapping_sub(0x20 * ONES)) & HIGHS & !x;
+        if low != 0
+            || has_zero(x ^ (u64::from(b'"') * ONES))
+            || has_zero(x ^ (u64::from(b'\\') * ONES))
+            || has_zero(x ^ (0x7f * ONES))
+        {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f)
+}
+
 /// A small JSON writer for [`transition_json`].
 struct JsonOut(Vec<u8>);
 
@@ -301,10 +330,7 @@ impl JsonOut {
     }
 
     fn str(&mut self, s: &str) {
-        let plain = s
-            .bytes()
-            .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f);
-        if plain {
+        if plain(s.as_bytes()) {
             self.0.push(b'"');
             self.0.extend_from_slice(s.as_bytes());
             self.0.push(b'"');
@@ -331,11 +357,11 @@ impl JsonOut {
             None => self.raw("null"),
             Some(ms) => {
                 let mut buf = [0u8; 24];
-                match crate::time::write_rfc3339(ms, &mut buf) {
+                match crate::time::write_rfc3339_bytes(ms, &mut buf) {
                     // Digits and separators only: nothing to escape.
                     Some(text) => {
                         self.0.push(b'"');
-                        self.0.extend_from_slice(text.as_bytes());
+                        self.0.extend_from_slice(text);
                         self.0.push(b'"');
                     }
                     None => self.str(&crate::time::format_rfc3339(ms)),
@@ -361,4 +387,27 @@ impl JsonOut {
 /// The JSON of an event (RFC 3339 `occurred_at`; absent optional fields omitted).
 pub fn encode_event_json(e: &InteractionEvent) -> Vec<u8> {
     to_vec_infallible(e)
+}
+
+#[cfg(test)]
+mod plain_tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The eight-bytes-at-a-time check says what the byte loop says.
+        #[test]
+        fn plain_matches_the_byte_loop(s in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let want = s.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f);
+            prop_assert_eq!(super::plain(&s), want);
+        }
+
+        #[test]
+        fn plain_finds_one_bad_byte_anywhere(len in 1usize..40, at in 0usize..40, bad in prop::sample::select(vec![0u8, 0x1f, b'"', b'\\', 0x7f, 0x0a])) {
+            let mut s = vec![b'a'; len];
+            s[at % len] = bad;
+            prop_assert!(!super::plain(&s));
+            s[at % len] = 0xc3;
+            prop_assert!(super::plain(&s));
+        }
+    }
 }
