@@ -28,6 +28,7 @@ mod counts;
 mod merge;
 mod output;
 mod partition;
+mod windows;
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,8 @@
 //! Stage 1: the per-partition aggregator.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
+use super::windows::Windows;
 use super::{Partial, WindowCounts};
 use crate::model::{Dimension, LifecycleClass, Signal, StageTransition, TimedSignal};
 use crate::time::Granularity;
@@ -18,7 +17,7 @@ pub struct PartitionAggregator {
     /// The partition watermark: every window ending at or before it is closed.
     watermark: Option<i64>,
     /// Open windows with data, by (granularity, window start).
-    windows: BTreeMap<(Granularity, i64), WindowCounts>,
+    windows: Windows,
     /// Events whose day window was already closed (for metrics).
     late_events: u64,
 }
@@ -34,7 +33,7 @@ impl PartitionAggregator {
         PartitionAggregator {
             partition,
             watermark: None,
-            windows: BTreeMap::new(),
+            windows: Windows::default(),
             late_events: 0,
         }
     }
@@ -70,7 +69,7 @@ impl PartitionAggregator {
     /// a closed window are dropped).
     fn count(&mut self, g: Granularity, start: i64, f: impl FnOnce(&mut WindowCounts)) {
         if !self.closed(g, start) {
-            f(self.windows.entry((g, start)).or_default());
+            f(self.windows.entry(g, start));
         }
     }
 
@@ -81,7 +80,7 @@ impl PartitionAggregator {
             Some(w) if g.end(start) <= w => g.start(w),
             _ => start,
         };
-        f(self.windows.entry((g, target)).or_default());
+        f(self.windows.entry(g, target));
     }
 
     /// Counts one applied input event at event time `t`. In a granularity where
@@ -239,15 +238,10 @@ impl PartitionAggregator {
             return;
         }
         self.watermark = Some(watermark);
-        let closing: Vec<(Granularity, i64)> = self
+        let closing = self
             .windows
-            .keys()
-            .filter(|(g, start)| g.end(*start) <= watermark)
-            .copied()
-            .collect();
-        for key in closing {
-            self.emit(key, out);
-        }
+            .drain_prefix(|g, start| g.end(start) <= watermark);
+        self.emit(closing, out);
         out.push(Partial::Progress {
             partition: self.partition,
             watermark,
@@ -258,19 +252,17 @@ impl PartitionAggregator {
     /// same order as [`advance`](Self::advance), without a progress marker.
     /// Follow it with [`Merger::finish`](super::Merger::finish).
     pub fn flush(&mut self, out: &mut Vec<Partial>) {
-        let keys: Vec<(Granularity, i64)> = self.windows.keys().copied().collect();
-        for key in keys {
-            self.emit(key, out);
-        }
+        let all = self.windows.drain_prefix(|_, _| true);
+        self.emit(all, out);
     }
 
-    fn emit(&mut self, key: (Granularity, i64), out: &mut Vec<Partial>) {
-        if let Some(counts) = self.windows.remove(&key) {
+    fn emit(&self, closed: Vec<(Granularity, i64, WindowCounts)>, out: &mut Vec<Partial>) {
+        for (granularity, start, counts) in closed {
             if !counts.is_empty() {
                 out.push(Partial::Window {
                     partition: self.partition,
-                    granularity: key.0,
-                    start: key.1,
+                    granularity,
+                    start,
                     counts,
                 });
             }
