@@ -143,6 +143,9 @@ pub struct EngineConfig {
     /// dropped at each commit; profiles changed by the step in progress
     /// stay until its commit (see [`Engine::cache_full`]).
     pub cache_bytes: usize,
+    /// Whether transitions carry the profile snapshot (`outputs.snapshot`);
+    /// without it their `profile` is empty.
+    pub snapshots: bool,
     /// Event-time expiry: a churned profile whose last activity is older
     /// than this (ms) when the watermark passes is deleted, as if erased
     /// (`None`: profiles are kept for ever).
@@ -158,6 +161,7 @@ impl Default for EngineConfig {
             max_time_jump_ms: 7 * crate::time::DAY_MS,
             max_future_skew_ms: crate::time::DAY_MS,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            snapshots: true,
             expire_churned_after_ms: None,
         }
     }
@@ -400,11 +404,15 @@ impl Engine {
 
     /// An engine over an open store.
     pub fn new(store: Arc<Store>, config: EngineConfig) -> Self {
+        let scratch = FoldOutput {
+            skip_snapshots: !config.snapshots,
+            ..FoldOutput::default()
+        };
         Engine {
             store,
             config,
             partitions: BTreeMap::new(),
-            scratch: FoldOutput::default(),
+            scratch,
             counters: BTreeMap::new(),
             steps: 0,
             wall_clock: None,

@@ -8,7 +8,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::model::{
     Activity, Dimension, EventType, InteractionEvent, LifecycleClass, Milestone, OrderRecord,
-    Profile, Signal, StageTransition, TimedSignal,
+    Profile, ProfileSnapshot, Signal, StageTransition, TimedSignal,
 };
 use crate::rules::Rules;
 use crate::time::Granularity;
@@ -23,6 +23,9 @@ pub struct FoldOutput {
     pub transitions: Vec<StageTransition>,
     /// Signals for the aggregates.
     pub signals: Vec<TimedSignal>,
+    /// Leave the profile snapshot of transitions empty (`outputs.snapshot =
+    /// "none"`): nothing reads it.
+    pub skip_snapshots: bool,
 }
 
 impl FoldOutput {
@@ -312,7 +315,11 @@ fn emit(
         triggering_event_id: event_id.map(str::to_string),
         rule: Cow::Borrowed(rule),
         seq: p.transitions,
-        profile: p.snapshot(),
+        profile: if out.skip_snapshots {
+            ProfileSnapshot::default()
+        } else {
+            p.snapshot()
+        },
     });
 }
 

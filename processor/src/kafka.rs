@@ -671,7 +671,8 @@ impl OutputSink {
             encoder: TransitionEncoder::new(
                 cfg.processor.output_format,
                 transitions_schema_id(cfg)?,
-            )?,
+            )?
+            .with_snapshot(cfg.outputs.snapshot == crate::config::SnapshotMode::Full),
             transitions_topic: cfg.topics.transitions.clone(),
             segment_topic: (!cfg.topics.segment.is_empty()).then(|| cfg.topics.segment.clone()),
             segment_stages: cfg.outputs.transition_stages.clone(),

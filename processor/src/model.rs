@@ -476,7 +476,9 @@ pub struct StageTransition {
     pub rule: Name,
     /// Per-customer transition sequence number, from 1.
     pub seq: u64,
-    /// The profile facts after the change.
+    /// The profile facts after the change (empty when the output left it
+    /// out: `outputs.snapshot = "none"`).
+    #[serde(default)]
     pub profile: ProfileSnapshot,
 }
 

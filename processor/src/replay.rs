@@ -83,6 +83,8 @@ pub struct FileOutputs {
     dlq: BufWriter<File>,
     /// The line being written (one buffer for every line).
     line: Vec<u8>,
+    /// Whether transition lines carry the profile snapshot (`outputs.snapshot`).
+    pub snapshots: bool,
     /// Counts written.
     pub summary: ReplaySummary,
 }
@@ -123,6 +125,7 @@ impl FileOutputs {
             cohorts: f("cohorts.jsonl")?,
             dlq: f("dlq.jsonl")?,
             line: Vec::with_capacity(1024),
+            snapshots: true,
             summary: ReplaySummary::default(),
         })
     }
@@ -131,7 +134,7 @@ impl FileOutputs {
     pub fn write_step(&mut self, out: &mut Outputs) -> anyhow::Result<()> {
         for t in &out.transitions {
             self.line.clear();
-            codec::write_transition_json(t, &mut self.line);
+            codec::write_transition_json(t, self.snapshots, &mut self.line);
             self.line.push(b'\n');
             self.transitions.write_all(&self.line)?;
         }
@@ -538,6 +541,7 @@ pub fn replay_file_with_progress(
     engine.assign(0)?;
     engine.set_wall_clock(Some(crate::wall_clock_ms()));
     let mut files = FileOutputs::open(&opts.output_dir, ckpt.as_ref().and_then(|c| c.files))?;
+    files.snapshots = cfg.outputs.snapshot == crate::config::SnapshotMode::Full;
     let mut merger = ckpt.map_or_else(|| Merger::new(1), |c| c.merger);
     let mut out = Outputs::default();
     let mut aggs = Vec::new();

@@ -206,3 +206,63 @@ fn interrupted_replay_resumed(bulk: &str) {
     // A finished replay is not run again over its own outputs.
     assert!(!replay(&resumed, &state, None).status.success());
 }
+
+/// `outputs.snapshot = "none"`: the transitions lose their `profile` and
+/// nothing else; with Avro output the setting is refused.
+#[test]
+fn transitions_without_the_profile_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let gen = siklus()
+        .args(["generate", "--customers", "300", "--seed", "5", "--output"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(gen.status.success());
+    let replay = |out: &str, snapshot: &str| {
+        let o = siklus()
+            .env("SIKLUS_OUTPUTS__SNAPSHOT", snapshot)
+            .args(["replay", "--progress", "none", "--input"])
+            .arg(&input)
+            .arg("--output-dir")
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read_to_string(dir.path().join(out).join("transitions.jsonl")).unwrap()
+    };
+    let full = replay("full", "full");
+    let none = replay("none", "none");
+    assert!(
+        full.len() > 2 * none.len(),
+        "{} vs {} bytes",
+        full.len(),
+        none.len()
+    );
+    let lines = |s: &str| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (full, none) = (lines(&full), lines(&none));
+    assert_eq!(full.len(), none.len());
+    assert!(!full.is_empty());
+    for (mut f, n) in full.into_iter().zip(none) {
+        assert!(n.get("profile").is_none(), "{n}");
+        f.as_object_mut().unwrap().remove("profile");
+        assert_eq!(f, n);
+    }
+
+    let refused = siklus()
+        .env("SIKLUS_OUTPUTS__SNAPSHOT", "none")
+        .env("SIKLUS_PROCESSOR__OUTPUT_FORMAT", "avro")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("outputs.snapshot"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -218,13 +218,14 @@ fn to_vec_infallible<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// a tenth of the CPU of a live run.
 pub fn transition_json(t: &StageTransition) -> Vec<u8> {
     let mut buf = Vec::with_capacity(768);
-    write_transition_json(t, &mut buf);
+    write_transition_json(t, true, &mut buf);
     buf
 }
 
 /// [`transition_json`], appended to `buf` (a writer reuses one buffer for
-/// every transition).
-pub fn write_transition_json(t: &StageTransition, buf: &mut Vec<u8>) {
+/// every transition); without `profile` when `snapshot` is false
+/// (`outputs.snapshot = "none"`).
+pub fn write_transition_json(t: &StageTransition, snapshot: bool, buf: &mut Vec<u8>) {
     let mut w = JsonOut(std::mem::take(buf));
     let p = &t.profile;
     w.raw("{\"transition_id\":");
@@ -245,6 +246,11 @@ pub fn write_transition_json(t: &StageTransition, buf: &mut Vec<u8>) {
     w.str(&t.rule);
     w.raw(",\"seq\":");
     w.int(t.seq);
+    if !snapshot {
+        w.raw("}");
+        *buf = w.0;
+        return;
+    }
     w.raw(",\"profile\":{\"milestone\":");
     w.opt_str(p.milestone.as_deref());
     w.raw(",\"activity\":");

@@ -511,6 +511,7 @@ pub fn validate(e: &InteractionEvent) -> Result<(), DecodeError> {
 pub struct TransitionEncoder {
     format: OutputFormat,
     schema_id: u32,
+    snapshot: bool,
 }
 
 impl TransitionEncoder {
@@ -519,7 +520,17 @@ impl TransitionEncoder {
         if format == OutputFormat::Avro {
             stage_transition_schema()?;
         }
-        Ok(TransitionEncoder { format, schema_id })
+        Ok(TransitionEncoder {
+            format,
+            schema_id,
+            snapshot: true,
+        })
+    }
+
+    /// Whether JSON transitions carry the profile snapshot (default true;
+    /// `outputs.snapshot`). Avro transitions always do (the schema requires it).
+    pub fn with_snapshot(self, snapshot: bool) -> Self {
+        TransitionEncoder { snapshot, ..self }
     }
 
     /// The output format.
@@ -531,7 +542,11 @@ impl TransitionEncoder {
     /// yields the same bytes.
     pub fn encode(&self, t: &StageTransition) -> Result<Vec<u8>, CodecError> {
         match self.format {
-            OutputFormat::Json => Ok(transition_json(t)),
+            OutputFormat::Json => {
+                let mut buf = Vec::with_capacity(if self.snapshot { 768 } else { 256 });
+                write_transition_json(t, self.snapshot, &mut buf);
+                Ok(buf)
+            }
             OutputFormat::Avro => {
                 let mut buf = Vec::with_capacity(256);
                 wire::put_header(&mut buf, self.schema_id);

@@ -850,3 +850,33 @@ proptest! {
         );
     }
 }
+
+/// Without the snapshot, a JSON transition is the full one less `profile`.
+#[test]
+fn json_transitions_without_the_snapshot_drop_only_the_profile() {
+    let t = crate::model::StageTransition {
+        transition_id: crate::fold::transition_id("alice", 3),
+        customer_id: "alice".into(),
+        dimension: crate::model::Dimension::Milestone,
+        from_stage: Some("acquired".into()),
+        to_stage: "converted".into(),
+        occurred_at: 1_704_272_400_000,
+        triggering_event_id: Some("e-\"42\"".into()),
+        rule: "first_order".into(),
+        seq: 3,
+        profile: crate::model::ProfileSnapshot {
+            order_count: 1,
+            ..Default::default()
+        },
+    };
+    let full = TransitionEncoder::new(OutputFormat::Json, 0).unwrap();
+    let bare = full.with_snapshot(false);
+    let mut want: serde_json::Value = serde_json::from_slice(&full.encode(&t).unwrap()).unwrap();
+    want.as_object_mut().unwrap().remove("profile");
+    let got: serde_json::Value = serde_json::from_slice(&bare.encode(&t).unwrap()).unwrap();
+    assert_eq!(got, want);
+    // It still decodes as a transition, with an empty snapshot.
+    let back: crate::model::StageTransition =
+        serde_json::from_slice(&bare.encode(&t).unwrap()).unwrap();
+    assert_eq!(back.profile, crate::model::ProfileSnapshot::default());
+}
