@@ -27,7 +27,13 @@ pub fn decode_json_line(line: &[u8]) -> Result<InteractionEvent, DecodeError> {
 
 /// Decodes without validating.
 pub(crate) fn decode_json_unvalidated(bytes: &[u8]) -> Result<InteractionEvent, DecodeError> {
-    match serde_json::from_slice::<InteractionEvent>(bytes) {
+    // UTF-8 checked once for the line (not once per string field); a line
+    // that is not UTF-8 gets serde_json's own error from the byte path.
+    let parsed = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str::<InteractionEvent>(text),
+        Err(_) => serde_json::from_slice::<InteractionEvent>(bytes),
+    };
+    match parsed {
         Ok(e) => Ok(e),
         Err(err) => Err(explain(bytes, &err)),
     }

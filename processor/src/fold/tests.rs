@@ -276,6 +276,22 @@ fn lifecycle_signals_classify_windows() {
     );
 }
 
+proptest! {
+    /// The id is the hash of the customer id, a zero byte and seq, however
+    /// long the id (the one-call path for short ids and the streaming one
+    /// agree), formatted like a UUID.
+    #[test]
+    fn transition_ids_hash_the_customer_and_seq(id in "\\PC{0,200}", seq in any::<u64>()) {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(id.as_bytes());
+        h.update(&[0]);
+        h.update(&seq.to_be_bytes());
+        let hex = format!("{:032x}", h.digest128());
+        let want = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+        prop_assert_eq!(transition_id(&id, seq), want);
+    }
+}
+
 #[test]
 fn transition_ids_are_stable() {
     assert_eq!(transition_id("c1", 1), transition_id("c1", 1));
