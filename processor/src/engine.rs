@@ -16,7 +16,7 @@
 //! closes are checked after every record, so the outputs are a function of
 //! the input order alone, not of how the input was batched.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -27,15 +27,9 @@ use crate::aggregate::{Partial, PartitionAggregator};
 use crate::changelog::{self, ChangeRecord};
 use crate::codec::DecodeError;
 use crate::fold::{self, FoldOutput};
-use crate::model::{Dimension, EventType, InteractionEvent, Name, Profile, StageTransition};
+use crate::model::{EventType, InteractionEvent, Profile, StageTransition};
 use crate::rules::Rules;
 
-/// Version byte of profile values that carry no event ids (older stores):
-/// their ids are all in the seen table.
-const PROFILE_VERSION_1: u8 = 1;
-/// Version byte of profile values: the profile, then the customer's most
-/// recent event-id hashes and whether older ones spilled to the seen table.
-const PROFILE_VERSION: u8 = 2;
 /// Event-id hashes kept in the profile value itself. Older ones move to the
 /// seen table, so a customer with at most this many events costs no seen-table
 /// lookups or writes at all.
@@ -50,54 +44,6 @@ pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
 /// Partition metadata: clock and aggregator.
 const META_CLOCK: &str = "clock";
 const META_AGG: &str = "aggregator";
-
-/// Transitions of each customer kept in the store for the read API.
-pub const RECENT_TRANSITIONS: usize = 10;
-
-/// A transition as the store keeps it for the read API: the transition
-/// without its profile snapshot (the profile itself is next to it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecentTransition {
-    /// Deterministic id of the transition. Not stored (it is a function of
-    /// the customer and `seq`): empty after decoding until
-    /// [`StoredProfile::fill_transition_ids`].
-    #[serde(skip)]
-    pub transition_id: String,
-    /// milestone or activity.
-    pub dimension: Dimension,
-    /// Stage before; `None` on first entry.
-    #[serde(deserialize_with = "crate::model::de_opt_name")]
-    pub from_stage: Option<Name>,
-    /// Stage after.
-    #[serde(deserialize_with = "crate::model::de_name")]
-    pub to_stage: Name,
-    /// Event time of the change (epoch ms).
-    pub occurred_at: i64,
-    /// The event that caused it; `None` for a timer.
-    pub triggering_event_id: Option<String>,
-    /// Name of the rule that fired.
-    #[serde(deserialize_with = "crate::model::de_name")]
-    pub rule: Name,
-    /// Per-customer transition sequence number.
-    pub seq: u64,
-}
-
-impl From<&StageTransition> for RecentTransition {
-    fn from(t: &StageTransition) -> Self {
-        RecentTransition {
-            // A function of the customer and `seq`, not kept in memory
-            // (see [`StoredProfile::fill_transition_ids`]).
-            transition_id: String::new(),
-            dimension: t.dimension,
-            from_stage: t.from_stage.clone(),
-            to_stage: t.to_stage.clone(),
-            occurred_at: t.occurred_at,
-            triggering_event_id: t.triggering_event_id.clone(),
-            rule: t.rule.clone(),
-            seq: t.seq,
-        }
-    }
-}
 
 /// Errors of the engine. Input problems are never errors: they become dead letters.
 #[derive(Debug, thiserror::Error)]
@@ -254,69 +200,6 @@ pub struct Counters {
     /// Timers fired by the watermark.
     pub timers_fired: u64,
 }
-
-/// The deduplication memory of one customer that travels with its profile.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeenIds {
-    /// Hashes of the most recent event ids, oldest first (at most [`RECENT_IDS`]).
-    pub recent: Vec<u64>,
-    /// Whether older hashes live in the store's seen table.
-    pub spilled: bool,
-}
-
-impl StoredProfile {
-    /// Computes the ids of the last transitions (they are not stored).
-    pub fn fill_transition_ids(&mut self) {
-        for t in &mut self.transitions {
-            t.transition_id = fold::transition_id(&self.profile.customer_id, t.seq);
-        }
-    }
-}
-
-/// A profile value as stored: the profile and its dedup memory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredProfile {
-    /// The profile.
-    pub profile: Profile,
-    /// Recent event ids of the customer.
-    pub seen: SeenIds,
-    /// The customer's last transitions, oldest first (at most
-    /// [`RECENT_TRANSITIONS`]), for the read API.
-    pub transitions: Vec<RecentTransition>,
-}
-
-/// A customer's profile held in memory: loaded for the current step, or kept
-/// from earlier steps as a cache of the store (then it equals the store).
-struct Entry {
-    /// `None` once erased.
-    profile: Option<Profile>,
-    /// Recent event ids (travels with the profile value).
-    seen: SeenIds,
-    /// Hashes pushed out of `seen.recent` in this step, for the seen table.
-    spill: Vec<u64>,
-    /// Last transitions (travel with the profile value).
-    transitions: Vec<Kept>,
-    /// The deadline the store's timer index holds for this customer.
-    stored_deadline: Option<i64>,
-    /// Whether the store holds a profile for the customer.
-    stored: bool,
-    /// Whether this step changed the profile.
-    changed: bool,
-    /// Whether the customer's dedup entries must be forgotten (erasure).
-    forget_seen: bool,
-    /// Whether the entry is in the current step's dirty list.
-    in_step: bool,
-    /// The step that last used the entry (for eviction).
-    used: u64,
-    /// Estimated memory of the entry (see [`entry_bytes`]), as of its load
-    /// or its last commit.
-    bytes: usize,
-}
-
-/// The hasher of the profile table: customer ids are hashed once or twice
-/// per event, and SipHash (the standard one) showed in profiles. foldhash
-/// is seeded per table, so the layout still differs from run to run.
-type CacheMap = HashMap<String, Entry, foldhash::fast::RandomState>;
 
 struct PartitionState {
     next_offset: Option<i64>,
@@ -1489,166 +1372,20 @@ fn expiry_deadline(p: &Profile, config: &EngineConfig) -> Option<i64> {
     }
 }
 
-/// Shrinks a partition's cache (all clean, right after a commit) to at
-/// most `keep` bytes, dropping the least recently used entries and their
-/// pending timers.
-fn evict(state: &mut PartitionState, keep: usize, config: &EngineConfig) {
-    if state.cache_bytes <= keep {
-        return;
-    }
-    let mut ages: Vec<(u64, usize, &String)> = state
-        .cache
-        .iter()
-        .map(|(k, e)| (e.used, e.bytes, k))
-        .collect();
-    // Oldest first; the key breaks ties so the victims do not depend on
-    // the table's hash order.
-    ages.sort_unstable_by(|a, b| (a.0, a.2).cmp(&(b.0, b.2)));
-    let mut over = state.cache_bytes - keep;
-    let mut victims = Vec::new();
-    for (_, bytes, k) in ages {
-        if over == 0 {
-            break;
-        }
-        over = over.saturating_sub(bytes);
-        victims.push(k.clone());
-    }
-    if !victims.is_empty() {
-        // A customer missing from the cache may be in the store now.
-        state.fresh = false;
-    }
-    for customer in victims {
-        if let Some(entry) = state.cache.remove(&customer) {
-            state.cache_bytes -= entry.bytes;
-            if let Some(d) = entry.profile.as_ref().and_then(|p| deadline(p, config)) {
-                if state.scan_cursor.as_ref().is_some_and(|c| d < c.before) {
-                    // A due customer leaves memory: the index is read again.
-                    state.scan_cursor = None;
-                }
-                if !state.pending_stale {
-                    state.pending_timers.remove(&(d, customer));
-                }
-            }
-        }
-    }
-}
-
-/// Estimated memory of a cached profile: the table slot, the key, the
-/// profile with its orders, revenue and channels, the recent event ids and
-/// transitions, and the pending timer that names it. An estimate (heap
-/// blocks round up), used only to bound the cache.
-fn entry_bytes(customer: &str, e: &Entry) -> usize {
-    use std::mem::size_of;
-    const MAP_NODE: usize = 64;
-    let mut n = size_of::<String>() + size_of::<Entry>() + 2 * customer.len() + MAP_NODE;
-    if let Some(p) = &e.profile {
-        n += size_of::<Profile>();
-        n += p
-            .orders
-            .iter()
-            .map(|o| {
-                size_of::<crate::model::OrderRecord>()
-                    + o.order_id.as_ref().map_or(0, String::len)
-                    + o.currency.len()
-            })
-            .sum::<usize>();
-        n += (p.net_revenue.len() + p.channels.len()) * MAP_NODE;
-        // The pending timer: deadline and a copy of the id.
-        n += MAP_NODE + customer.len();
-    }
-    n += e.seen.recent.capacity() * size_of::<u64>() + e.spill.capacity() * size_of::<u64>();
-    n += e.transitions.capacity() * size_of::<Kept>();
-    n += e.transitions.iter().map(Kept::heap_bytes).sum::<usize>();
-    n
-}
-
-/// Appends a step's transitions to a customer's last ones, keeping at most
-/// [`RECENT_TRANSITIONS`].
-fn remember(kept: &mut Vec<Kept>, new: &[StageTransition]) -> Result<(), String> {
-    if new.is_empty() {
-        return Ok(());
-    }
-    for t in new {
-        kept.push(Kept::new(t)?);
-    }
-    let excess = kept.len().saturating_sub(RECENT_TRANSITIONS);
-    kept.drain(..excess);
-    Ok(())
-}
-
-/// Encodes a profile value with no recent event ids or transitions (tests
-/// and imports).
-pub fn encode_profile(p: &Profile) -> Vec<u8> {
-    encode_stored_profile(p, &SeenIds::default(), &[])
-}
-
-/// Encodes a profile value: a version byte, then postcard of the profile, of
-/// its recent event ids and of its last transitions.
-pub fn encode_stored_profile(
-    p: &Profile,
-    seen: &SeenIds,
-    transitions: &[RecentTransition],
-) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256);
-    buf.push(PROFILE_VERSION);
-    // Serializing plain structs into a Vec cannot fail.
-    let _ = postcard::to_io(p, &mut buf);
-    let _ = postcard::to_io(seen, &mut buf);
-    let _ = postcard::to_io(transitions, &mut buf);
-    buf
-}
-
-/// [`encode_stored_profile`] from the hot table's kept transitions (the
-/// same bytes).
-fn encode_kept_profile(p: &Profile, seen: &SeenIds, transitions: &[Kept]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256);
-    buf.push(PROFILE_VERSION);
-    // Serializing plain structs into a Vec cannot fail.
-    let _ = postcard::to_io(p, &mut buf);
-    let _ = postcard::to_io(seen, &mut buf);
-    let _ = postcard::to_io(&KeptList(transitions), &mut buf);
-    buf
-}
-
-/// Decodes the profile of a value written by [`encode_stored_profile`].
-pub fn decode_profile(bytes: &[u8]) -> Result<Profile, String> {
-    decode_stored_profile(bytes).map(|s| s.profile)
-}
-
-/// Decodes a profile value with its recent event ids. A value of the first
-/// version has all its ids in the seen table (`spilled`).
-pub fn decode_stored_profile(bytes: &[u8]) -> Result<StoredProfile, String> {
-    match bytes.split_first() {
-        Some((&PROFILE_VERSION, body)) => {
-            let (profile, rest) =
-                postcard::take_from_bytes(body).map_err(|e| format!("profile: {e}"))?;
-            let (seen, rest) =
-                postcard::take_from_bytes(rest).map_err(|e| format!("profile ids: {e}"))?;
-            let transitions =
-                postcard::from_bytes(rest).map_err(|e| format!("profile transitions: {e}"))?;
-            Ok(StoredProfile {
-                profile,
-                seen,
-                transitions,
-            })
-        }
-        Some((&PROFILE_VERSION_1, body)) => Ok(StoredProfile {
-            profile: postcard::from_bytes(body).map_err(|e| format!("profile: {e}"))?,
-            seen: SeenIds {
-                recent: Vec::new(),
-                spilled: true,
-            },
-            transitions: Vec::new(),
-        }),
-        Some((v, _)) => Err(format!("profile value version {v} is not supported")),
-        None => Err("empty profile value".into()),
-    }
-}
-
 mod clock;
 mod kept;
+mod table;
+mod value;
 
-use kept::{Kept, KeptList};
+use kept::Kept;
+use table::{entry_bytes, evict, CacheMap, Entry};
+#[cfg(test)]
+use value::PROFILE_VERSION_1;
+pub use value::{
+    decode_profile, decode_stored_profile, encode_profile, encode_stored_profile, RecentTransition,
+    SeenIds, StoredProfile, RECENT_TRANSITIONS,
+};
+use value::{encode_kept_profile, remember};
 
 pub use clock::Clock;
 
