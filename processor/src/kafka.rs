@@ -123,6 +123,12 @@ fn update_figures(w: &mut Worker, consumer: &BaseConsumer<InputContext>, topic: 
         store.property("rocksdb.estimate-live-data-size"),
         Ordering::Relaxed,
     );
+    w.metrics
+        .cache_profiles
+        .store(w.engine.cached_profiles() as u64, Ordering::Relaxed);
+    w.metrics
+        .cache_bytes
+        .store(w.engine.cached_bytes() as u64, Ordering::Relaxed);
     let restores_done = w.restores.as_ref().is_none_or(Restores::is_empty);
     w.metrics.ready.store(
         w.restoring.is_empty()

@@ -123,6 +123,10 @@ pub struct Metrics {
     pub state_size_bytes: AtomicU64,
     /// RocksDB's estimate of the live data in the state store.
     pub state_live_bytes: AtomicU64,
+    /// Profiles in the hot table (`processor.state_cache_bytes`).
+    pub cache_profiles: AtomicU64,
+    /// Estimated bytes of the profiles in the hot table.
+    pub cache_bytes: AtomicU64,
     /// Whether the processor consumes with every assigned partition restored
     /// (for `/readyz`).
     pub ready: AtomicBool,
@@ -424,7 +428,7 @@ impl Metrics {
         }
         out.push(by_stage);
 
-        let scalars: [(&'static str, &'static str, Kind, f64); 13] = [
+        let scalars: [(&'static str, &'static str, Kind, f64); 15] = [
             (
                 "siklus_aggregates_out_total",
                 "Aggregates delivered by the merge stage",
@@ -484,6 +488,18 @@ impl Metrics {
                 "State store live data (RocksDB estimate)",
                 Gauge,
                 self.state_live_bytes.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "siklus_state_cache_profiles",
+                "Profiles held in memory (the hot table)",
+                Gauge,
+                self.cache_profiles.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "siklus_state_cache_bytes",
+                "Estimated bytes of the profiles held in memory (bounded by processor.state_cache_bytes)",
+                Gauge,
+                self.cache_bytes.load(Ordering::Relaxed) as f64,
             ),
             (
                 "siklus_ready",
@@ -645,6 +661,11 @@ mod tests {
         assert!(text.contains("siklus_consumer_lag{partition=\"3\"} 3\n"));
         assert!(text.contains("siklus_watermark_delay_seconds{partition=\"3\"} 3\n"));
         assert!(text.contains("siklus_ready 0\n"));
+        m.cache_bytes.store(4096, Ordering::Relaxed);
+        let text = render_families(&m.families_at(4_000));
+        assert!(text.contains("# TYPE siklus_state_cache_bytes gauge\n"));
+        assert!(text.contains("siklus_state_cache_bytes 4096\n"));
+        assert!(text.contains("siklus_state_cache_profiles 0\n"));
     }
 
     #[test]
