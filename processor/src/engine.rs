@@ -968,9 +968,6 @@ impl Engine {
         limit: usize,
         out: &mut Outputs,
     ) -> Result<bool, EngineError> {
-        let mut due: BTreeSet<(i64, String)> = BTreeSet::new();
-        // More due in memory than this call fires.
-        let pending_more;
         {
             let config = &self.config;
             let state = self
@@ -988,17 +985,6 @@ impl Engine {
                     .collect();
                 state.pending_stale = false;
             }
-            due.extend(
-                state
-                    .pending_timers
-                    .range(..(before, String::new()))
-                    .take(limit.saturating_add(1))
-                    .cloned(),
-            );
-            pending_more = due.len() > limit;
-            if pending_more {
-                due.pop_last();
-            }
         }
         let floor = self
             .partitions
@@ -1012,18 +998,19 @@ impl Engine {
             // Those are loaded, which puts their true deadline in the
             // pending set; the entries of customers in memory are stale.
             more = self.load_due_from_store(partition, floor, before, limit)?;
-            let state = self.state_mut(partition)?;
-            due.extend(
-                state
-                    .pending_timers
-                    .range(..(before, String::new()))
-                    .take(limit.saturating_add(1))
-                    .cloned(),
-            );
-            while due.len() > limit {
-                more = true;
-                due.pop_last();
-            }
+        }
+        // The pending set now holds the truth for every customer that may
+        // be due: the first `limit` fire, and more are due if it has more.
+        let state = self.state_mut(partition)?;
+        let mut due: BTreeSet<(i64, String)> = state
+            .pending_timers
+            .range(..(before, String::new()))
+            .take(limit.saturating_add(1))
+            .cloned()
+            .collect();
+        if due.len() > limit {
+            more = true;
+            due.pop_last();
         }
         let mut fired = 0usize;
         let mut customers_done: BTreeSet<String> = BTreeSet::new();
@@ -1090,7 +1077,6 @@ impl Engine {
                 fired += 1;
             }
         }
-        more |= pending_more;
         if !more && floor.is_some_and(|f| f < before) {
             // Everything before `before` has fired: the store holds nothing due
             // earlier than that any more (after this step's commit). The next
