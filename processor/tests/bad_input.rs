@@ -116,16 +116,7 @@ fn by_customer(path: &Path) -> BTreeMap<String, Vec<String>> {
 fn one_poison_record_first_or_in_the_middle_changes_no_other_customer() {
     let dir = tempfile::tempdir().unwrap();
     let clean = dir.path().join("clean.jsonl");
-    let gen = siklus()
-        .args(["generate", "--customers", "300", "--seed", "5", "--output"])
-        .arg(&clean)
-        .output()
-        .unwrap();
-    assert!(
-        gen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen.stderr)
-    );
+    generate(&clean, 300, 5);
     let text = std::fs::read_to_string(&clean).unwrap();
     let events: Vec<&str> = text.lines().collect();
     assert!(events.len() > 1000);

@@ -136,12 +136,7 @@ fn an_interrupted_replay_resumed_gives_the_same_outputs() {
 fn interrupted_replay_resumed(bulk: &str) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
-    let gen = siklus()
-        .args(["generate", "--customers", "400", "--seed", "3", "--output"])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(gen.status.success());
+    generate(&input, 400, 3);
     let replay = |out: &std::path::Path, state: &std::path::Path, abort: Option<&str>| {
         let mut c = siklus();
         c.args([
@@ -213,12 +208,7 @@ fn interrupted_replay_resumed(bulk: &str) {
 fn transitions_without_the_profile_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
-    let gen = siklus()
-        .args(["generate", "--customers", "300", "--seed", "5", "--output"])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(gen.status.success());
+    generate(&input, 300, 5);
     let replay = |out: &str, snapshot: &str| {
         let o = siklus()
             .env("SIKLUS_OUTPUTS__SNAPSHOT", snapshot)

@@ -58,12 +58,7 @@ fn produce_then_verify_a_replay_against_a_topic() {
     cluster.create_topic("other", 1, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
-    let gen = siklus()
-        .args(["generate", "--customers", "40", "--seed", "9", "--output"])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(gen.status.success(), "{}", stderr(&gen));
+    generate(&input, 40, 9);
     let events = std::fs::read_to_string(&input).unwrap().lines().count() as u64;
     // One line that is not an event: skipped and counted.
     let mut text = std::fs::read_to_string(&input).unwrap();

@@ -135,12 +135,7 @@ fn inspect_reads_a_state_held_open_by_a_running_instance() {
 fn a_file_replay_reports_progress_as_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
-    let gen = siklus()
-        .args(["generate", "--customers", "300", "--seed", "5", "--output"])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(gen.status.success(), "{}", stderr(&gen));
+    generate(&input, 300, 5);
     let size = std::fs::metadata(&input).unwrap().len();
     let lines = std::fs::read_to_string(&input).unwrap().lines().count() as u64;
 

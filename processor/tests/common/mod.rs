@@ -21,6 +21,21 @@ pub fn siklus() -> Command {
     c
 }
 
+/// Writes `siklus generate`'s synthetic events of `customers` customers
+/// (seed `seed`) to `path`, failing the test with its stderr if it fails.
+pub fn generate(path: &std::path::Path, customers: u32, seed: u64) {
+    let o = siklus()
+        .args(["generate", "--customers"])
+        .arg(customers.to_string())
+        .arg("--seed")
+        .arg(seed.to_string())
+        .arg("--output")
+        .arg(path)
+        .output()
+        .expect("siklus generate runs");
+    assert!(o.status.success(), "generate: {}", stderr(&o));
+}
+
 /// Standard error of a finished run.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
